@@ -1,0 +1,1 @@
+"""Controller: reconciles every VmGroup against vCenter."""

@@ -1,0 +1,1 @@
+"""Initializers: injectable sidecars and init containers, loaded from ConfigMaps."""

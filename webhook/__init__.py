@@ -1,0 +1,1 @@
+"""Admission webhook: defaults and validates VmGroups, injects initializers into workloads."""
