@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Builds the real binaries the local stack runs (kube-apiserver, kube-controller-manager, kubectl,
+# etcd, vcsim, govc, helm) from the Go modules pinned under hack/tools/, into a cache outside
+# the repository. The bin directory is named after a hash of every pin and build flag, so a
+# changed pin builds a new set (Go's own build cache makes unchanged parts quick) and an
+# unchanged set is never rebuilt.
+#
+#   hack/testbin.sh          build what is missing, then print the bin directory
+#   hack/testbin.sh dir      print the bin directory only (nothing is built)
+#
+# VMGROUP_TESTBIN_CACHE overrides the cache root (default: $XDG_CACHE_HOME or ~/.cache).
+set -euo pipefail
+
+command -v go >/dev/null || { echo "testbin: a Go toolchain (go 1.26+) is required on PATH" >&2; exit 1; }
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+tools="$here/tools"
+cache="${VMGROUP_TESTBIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmgroup-operator/testbin}"
+
+pin() { # the version of module $2 that tool set $1 pins
+  (cd "$tools/$1" && GOFLAGS=-mod=readonly go list -m -f '{{.Version}}' "$2")
+}
+
+k8s_version=$(pin kubernetes k8s.io/kubernetes)   # vX.Y.Z
+k8s_minor=$(echo "$k8s_version" | cut -d. -f2)
+helm_version=$(pin helm helm.sh/helm/v4)
+govmomi_version=$(pin govmomi github.com/vmware/govmomi)
+
+# Without these -X flags a Kubernetes binary reports v0.0.0 and clients refuse it
+# (kubectl version skew, helm kubeVersion constraints).
+k8s_ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  k8s_ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
+  k8s_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+
+helm_ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version"
+helm_ldflags+=" -X helm.sh/helm/v4/internal/version.metadata="
+govc_ldflags="-s -w -X github.com/vmware/govmomi/govc/flags.BuildVersion=${govmomi_version#v}"
+
+# One bin directory for the whole pinned set, named after everything that goes into a build:
+# a changed pin or flag gives a new directory, an unchanged set is never rebuilt.
+set_hash=$( (cat "$tools"/*/go.mod "$tools"/*/go.sum; echo "$k8s_ldflags $helm_ldflags $govc_ldflags") \
+  | sha256sum | cut -c1-12)
+bindir="$cache/$set_hash/bin"
+
+if [[ -z "$k8s_version" || -z "$helm_version" || -z "$govmomi_version" ]]; then
+  echo "testbin: could not read the pinned versions from hack/tools/*/go.mod" >&2
+  exit 1
+fi
+
+if [[ "${1:-}" == "dir" ]]; then
+  echo "$bindir"
+  exit 0
+fi
+
+build() { # set ldflags binary package...
+  local set=$1 ldflags=$2 bin=$3
+  shift 3
+  if [[ -x "$bindir/$bin" ]]; then
+    return 0
+  fi
+  echo "testbin: building $* ($set) ..." >&2
+  local start=$SECONDS
+  (cd "$tools/$set" && CGO_ENABLED=0 GOFLAGS=-mod=readonly \
+    go build -trimpath -ldflags "$ldflags" -o "$bindir/.partial/" "$@")
+  # Move into place only once every binary of the set built: a killed build leaves no half set.
+  # The etcd server package path ends in /v3, so go names its binary "server".
+  if [[ -f "$bindir/.partial/server" ]]; then
+    mv "$bindir/.partial/server" "$bindir/.partial/etcd"
+  fi
+  mv "$bindir"/.partial/* "$bindir/"
+  echo "testbin: built $* in $((SECONDS - start))s" >&2
+}
+
+mkdir -p "$bindir/.partial"
+build etcd "-s -w" etcd go.etcd.io/etcd/server/v3
+build govmomi "$govc_ldflags" vcsim github.com/vmware/govmomi/vcsim github.com/vmware/govmomi/govc
+build helm "$helm_ldflags" helm helm.sh/helm/v4/cmd/helm
+build kubernetes "$k8s_ldflags" kube-apiserver \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
+rmdir "$bindir/.partial" 2>/dev/null || true
+echo "$bindir"
