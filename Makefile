@@ -1,0 +1,59 @@
+# vmgroup-operator: the two commands are `make dev` and `make test`; everything else is a step
+# of theirs. Nothing here needs installing by hand: Python 3.11+ and Go are the only prerequisites.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+# Where hack/testbin.sh caches the real binaries (outside the repo; VMGROUP_TESTBIN_CACHE moves it).
+export VMGROUP_TESTBIN := $(shell hack/testbin.sh dir)
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+.PHONY: venv
+venv: $(VENV_STAMP) ## create .venv with the project and its dev tools
+
+.PHONY: testbin
+testbin: ## build kube-apiserver, kube-controller-manager, kubectl, etcd, vcsim, govc, helm (cached)
+	@hack/testbin.sh >/dev/null
+
+.PHONY: dev
+dev: venv testbin ## start the local stack in the background, install the CRD, apply the example
+	$(PY) -m tests.stack up
+
+.PHONY: dev-down
+dev-down: ## stop everything `make dev` started
+	@if [[ -x $(PY) ]]; then $(PY) -m tests.stack down; else echo "nothing to stop"; fi
+
+.PHONY: lint
+lint: venv ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+.PHONY: test
+test: venv testbin lint ## the whole suite: lint, unit, integration (vcsim), end-to-end (API server)
+	$(VENV)/bin/pytest --junitxml=.reports/junit.xml $(PYTEST_ARGS)
+
+.PHONY: unit
+unit: venv ## only the unit tests (no stack, seconds)
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: lock
+lock: venv ## refresh constraints.txt from the current .venv
+	$(VENV)/bin/pip freeze --exclude-editable --disable-pip-version-check > constraints.txt
+
+.PHONY: clean
+clean: dev-down ## remove .venv and local state (the binary cache stays)
+	rm -rf $(VENV) .dev .reports .pytest_cache .mypy_cache .ruff_cache

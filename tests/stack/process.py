@@ -1,0 +1,138 @@
+"""Child processes of the local stack, and polling with deadlines.
+
+Every process the stack starts gets PR_SET_PDEATHSIG: when the Python process that started it
+dies, even by SIGKILL, the kernel sends the child SIGTERM. That is what makes "no orphan
+processes, ever" hold when pytest is killed by a timeout or `make dev`'s supervisor crashes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, TypeVar
+
+T = TypeVar("T")
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class StackError(RuntimeError):
+    """A part of the local stack failed to start, or did not become ready in time."""
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def poll(
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    alive: Callable[[], None] | None = None,
+    fatal: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Call `check` until it returns something other than None/False, or raise after `timeout`.
+
+    Exceptions from `check` count as "not yet" (the last one is reported on timeout), except
+    those in `fatal`, which no amount of waiting can cure. `alive` is called each round and may
+    raise to fail fast, e.g. when the awaited process died.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    delay = interval
+    while True:
+        if alive is not None:
+            alive()
+        try:
+            result = check()
+        except fatal:
+            raise
+        except Exception as exc:  # any failure means "not ready yet"
+            last_error = exc
+        else:
+            if result is not None and result is not False:
+                return result
+        if time.monotonic() >= deadline:
+            detail = f": last error: {last_error!r}" if last_error else ""
+            raise StackError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+
+
+class Process:
+    """One long-running binary with its log file."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_dir: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_dir / f"{name}.log"
+        self._env = env
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen else None
+
+    def start(self) -> Process:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self._popen = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(self._env or {})},
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, no locks taken
+            start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop children in order
+        )
+        return self
+
+    def running(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def check_alive(self) -> None:
+        """Raise StackError with the log tail if the process has exited."""
+        if self._popen is not None and self._popen.poll() is not None:
+            raise StackError(
+                f"{self.name} exited with code {self._popen.returncode}; "
+                f"last lines of {self.log_path}:\n{self.log_tail()}"
+            )
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def signal(self, sig: int) -> None:
+        if self.running() and self._popen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._popen.pid, sig)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds; always reaps the child."""
+        if self._popen is None:
+            return
+        if self._popen.poll() is None:
+            self.signal(signal.SIGCONT)  # a paused (SIGSTOPped) process cannot act on SIGTERM
+            self._popen.terminate()
+            try:
+                self._popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+                self._popen.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
