@@ -24,7 +24,7 @@ pin() { # the version of module $2 that tool set $1 pins
 k8s_version=$(pin kubernetes k8s.io/kubernetes)   # vX.Y.Z
 k8s_minor=$(echo "$k8s_version" | cut -d. -f2)
 helm_version=$(pin helm helm.sh/helm/v4)
-govmomi_version=$(pin govmomi github.com/vmware/govmomi)
+govc_version=$(pin govc github.com/vmware/govmomi)
 
 # Without these -X flags a Kubernetes binary reports v0.0.0 and clients refuse it
 # (kubectl version skew, helm kubeVersion constraints).
@@ -36,15 +36,15 @@ done
 
 helm_ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version"
 helm_ldflags+=" -X helm.sh/helm/v4/internal/version.metadata="
-govc_ldflags="-s -w -X github.com/vmware/govmomi/govc/flags.BuildVersion=${govmomi_version#v}"
+govc_ldflags="-s -w -X github.com/vmware/govmomi/govc/flags.BuildVersion=${govc_version#v}"
 
 # One bin directory for the whole pinned set, named after everything that goes into a build:
 # a changed pin or flag gives a new directory, an unchanged set is never rebuilt.
-set_hash=$( (cat "$tools"/*/go.mod "$tools"/*/go.sum; echo "$k8s_ldflags $helm_ldflags $govc_ldflags") \
+set_hash=$( (cat "$tools"/*/go.mod "$tools"/*/go.sum "$tools"/*/*.go; echo "$k8s_ldflags $helm_ldflags $govc_ldflags") \
   | sha256sum | cut -c1-12)
 bindir="$cache/$set_hash/bin"
 
-if [[ -z "$k8s_version" || -z "$helm_version" || -z "$govmomi_version" ]]; then
+if [[ -z "$k8s_version" || -z "$helm_version" || -z "$govc_version" ]]; then
   echo "testbin: could not read the pinned versions from hack/tools/*/go.mod" >&2
   exit 1
 fi
@@ -64,18 +64,19 @@ build() { # set ldflags binary package...
   local start=$SECONDS
   (cd "$tools/$set" && CGO_ENABLED=0 GOFLAGS=-mod=readonly \
     go build -trimpath -ldflags "$ldflags" -o "$bindir/.partial/" "$@")
-  # Move into place only once every binary of the set built: a killed build leaves no half set.
-  # The etcd server package path ends in /v3, so go names its binary "server".
-  if [[ -f "$bindir/.partial/server" ]]; then
+  # The etcd server's package path ends in /v3, so go names its binary "server".
+  if [[ "$set" == etcd && -f "$bindir/.partial/server" ]]; then
     mv "$bindir/.partial/server" "$bindir/.partial/etcd"
   fi
+  # Move into place only once every binary of the set built: a killed build leaves no half set.
   mv "$bindir"/.partial/* "$bindir/"
   echo "testbin: built $* in $((SECONDS - start))s" >&2
 }
 
 mkdir -p "$bindir/.partial"
 build etcd "-s -w" etcd go.etcd.io/etcd/server/v3
-build govmomi "$govc_ldflags" vcsim github.com/vmware/govmomi/vcsim github.com/vmware/govmomi/govc
+build vcsim "-s -w" vcsim .
+build govc "$govc_ldflags" govc github.com/vmware/govmomi/govc
 build helm "$helm_ldflags" helm helm.sh/helm/v4/cmd/helm
 build kubernetes "$k8s_ldflags" kube-apiserver \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl

@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 
 from .components import CRD_PATH, REPO, bin_dir
-from .process import StackError, poll
+from .process import StackError, exited, poll
 from .stack import LocalStack
 
 OPERATOR_NAMESPACE = "vmgroup-system"
@@ -173,10 +173,10 @@ def down(state: State) -> int:
     # Belt and braces: whatever the supervisor recorded must be gone.
     pids = dict(info.get("pids", {}))  # type: ignore[call-overload]
     for name, child in pids.items():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(child), 0)
+        if not exited(int(child)):
             print(f"{name} (pid {child}) outlived its supervisor; killing it")
-            os.kill(int(child), signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(child), signal.SIGKILL)
     state.pid_file.unlink(missing_ok=True)
     state.info_file.unlink(missing_ok=True)
     print("local stack stopped" if pid else "local stack was not running")

@@ -253,7 +253,7 @@ class KubeControllerManager:
 class VCSim:
     """VMware's vCenter simulator, seeded with the example's template VM."""
 
-    USERNAME = "vmgroup-operator"  # vcsim mis-parses an "@" in its -username flag
+    USERNAME = "vmgroup-operator"
 
     def __init__(self, pki: Pki, log_dir: Path, *, method_delays: dict[str, int] | None = None,
                  password: str | None = None) -> None:
@@ -267,16 +267,15 @@ class VCSim:
             binary("vcsim"),
             f"-l=127.0.0.1:{self.port}",
             f"-tlscert={crt}", f"-tlskey={key}",
-            f"-username={self.info.username}", f"-password={self.info.password}",
-            "-api-version=8.0.2.0",
+            f"-username={self.info.username}",
             # One DC, one cluster of two hosts, no standalone host, no stock VMs: a small
             # inventory keeps property-collector answers fast and lets tests count VMs exactly.
-            "-dc=1", "-cluster=1", "-host=2", "-standalone-host=0", "-vm=0", "-ds=1", "-pool=0",
-            "-E=/dev/null",
+            "-dc=1", "-cluster=1", "-host=2", "-standalone-host=0", "-vm=0", "-ds=1",
         ]
         if method_delays:
             argv.append("-method-delay=" + ",".join(f"{m}:{ms}" for m, ms in method_delays.items()))
-        self.process = Process("vcsim", argv, log_dir)
+        # The password travels in the environment, not in argv, which any local user can read.
+        self.process = Process("vcsim", argv, log_dir, env={"VCSIM_PASSWORD": self.info.password})
 
     def start(self) -> None:
         self.process.start()

@@ -68,6 +68,15 @@ def poll(
         delay = min(delay * 1.5, 1.0)
 
 
+def exited(pid: int) -> bool:
+    """True once `pid` no longer runs (a zombie awaiting its reaper counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 class Process:
     """One long-running binary with its log file."""
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from pyVim.connect import Disconnect, SmartConnect
-from pyVim.task import WaitForTask
 from pyVmomi import vim
+
+from .process import poll
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,18 @@ def connect(info: VCenterInfo) -> Any:
     context = ssl.create_default_context(cafile=str(info.ca_file))
     return SmartConnect(host=info.host, port=info.port, user=info.username,
                         pwd=info.password, sslContext=context, connectionPoolTimeout=10)
+
+
+def wait_for_task(task: Any, timeout: float = 60.0) -> Any:
+    """Wait for a vSphere task and return its result; raise its fault if it failed.
+
+    (pyVim.task.WaitForTask trips over task names it cannot map to a method, which vcsim sends.)
+    """
+    info = poll(lambda: task.info.state in ("success", "error") and task.info,
+                timeout=timeout, what=f"vSphere task {task._moId}", interval=0.05)
+    if info.state == "error":
+        raise info.error
+    return info.result
 
 
 def disconnect(si: Any) -> None:
@@ -94,8 +107,6 @@ def seed_template(si: Any, info: VCenterInfo) -> Any:
             ),
         ],
     )
-    task = folder.CreateVM_Task(config=spec, pool=cluster.resourcePool)
-    WaitForTask(task)
-    template = task.info.result
+    template = wait_for_task(folder.CreateVM_Task(config=spec, pool=cluster.resourcePool))
     template.MarkAsTemplate()
     return template
