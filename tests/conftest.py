@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from kubernetes import client, config
 
 from tests.stack import CRD_PATH, LocalStack, VCenterInfo, binary, poll, vsphere
+from tests.stack.components import Webhook
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -96,3 +98,36 @@ def vsphere_si(vcenter: VCenterInfo) -> Iterator[Any]:
     si = vsphere.connect(vcenter)
     yield si
     vsphere.disconnect(si)
+
+
+# The e2e webhook runs with a policy stricter than the defaults, so tests see it applied.
+WEBHOOK_POLICY = {"max_cpu": 16, "max_memory": 64, "max_replicas": 50}
+
+
+@pytest.fixture(scope="session")
+def vmgroup_webhook(kube_stack: LocalStack, kubectl: Kubectl, vmgroup_crd: str) -> Webhook:
+    """The real vmgroup-webhook under gunicorn, registered with the API server by URL."""
+    webhook = kube_stack.start_webhook(
+        [f"--{k.replace('_', '-')}={v}" for k, v in WEBHOOK_POLICY.items()])
+    probe = ("apiVersion: vm.codeconnect.vmworld.com/v1alpha1\nkind: VmGroup\n"
+             "metadata: {name: probe, namespace: default}\nspec: {template: t}\n")
+
+    def defaulted() -> bool:
+        out = kubectl("create", "--dry-run=server", "-o", "jsonpath={.spec.cpu}", "-f", "-",
+                      stdin=probe, check=False)
+        return out.stdout == "1"
+
+    # The API server picks up new webhook configurations asynchronously.
+    poll(defaulted, timeout=30, what="the API server to call the registered webhook")
+    return webhook
+
+
+@pytest.fixture(scope="session")
+def webhook_http(vmgroup_webhook: Webhook) -> Iterator[requests.Session]:
+    """An HTTPS session to the webhook that trusts the stack's CA (keep-alive, like the API
+    server's)."""
+    session = requests.Session()
+    session.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would beat `verify`
+    session.verify = str(vmgroup_webhook.ca)
+    yield session
+    session.close()

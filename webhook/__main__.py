@@ -1,24 +1,82 @@
-"""`vmgroup-webhook`: serve the admission webhook (Flask under gunicorn, TLS)."""
+"""`vmgroup-webhook`: serve the admission webhook (Flask under gunicorn, TLS).
+
+Every flag can also be given as an environment variable, VMGROUP_WEBHOOK_<FLAG> (for example
+VMGROUP_WEBHOOK_MAX_CPU=16), which is how the Helm chart configures it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 from importlib.metadata import version
+
+from .vmgroup import Policy
+
+ENV_PREFIX = "VMGROUP_WEBHOOK_"
+
+
+def _env(flag: str, default: object) -> object:
+    return os.environ.get(ENV_PREFIX + flag.upper().replace("-", "_"), default)
+
+
+def parser() -> argparse.ArgumentParser:
+    defaults = Policy()
+    p = argparse.ArgumentParser(
+        prog="vmgroup-webhook",
+        description="Admission webhook of vmgroup-operator: defaults and validates VmGroups.",
+        epilog=f"Every flag may be set as an environment variable {ENV_PREFIX}<FLAG>.")
+    p.add_argument("--version", action="version",
+                   version=f"%(prog)s {version('vmgroup-operator')}")
+
+    def add(flag: str, default: object, help: str, type: type = str) -> None:
+        p.add_argument(f"--{flag}", type=type, default=_env(flag, default), help=help,
+                       required=default is None and _env(flag, None) is None)
+
+    add("tls-cert-file", None, "PEM certificate to serve (re-read when it changes)")
+    add("tls-key-file", None, "PEM key of the certificate (re-read when it changes)")
+    add("bind", "0.0.0.0:8443", "address to listen on (default: %(default)s)")
+    add("workers", 2, "gunicorn worker processes (default: %(default)s)", int)
+    add("threads", 4, "threads per worker (default: %(default)s)", int)
+    add("max-request-bytes", 8 * 1024 * 1024,
+        "largest request body accepted (default: %(default)s)", int)
+    add("max-cpu", defaults.max_cpu, "policy: most vCPUs per VM (default: %(default)s)", int)
+    add("max-memory", defaults.max_memory,
+        "policy: most memory per VM, in GB (default: %(default)s)", int)
+    add("max-replicas", defaults.max_replicas,
+        "policy: most VMs in one group (default: %(default)s)", int)
+    add("default-template", "", "template for groups that name none (default: none)")
+    add("log-level", "info", "debug, info, warning or error (default: %(default)s)")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="vmgroup-webhook",
-        description="Admission webhook of vmgroup-operator: defaults and validates VmGroups "
-        "and injects initializers (sidecars, init containers) into workloads that ask for them.",
-    )
-    parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {version('vmgroup-operator')}")
-    parser.parse_args(argv)
-    parser.print_help(sys.stderr)
-    print("\nvmgroup-webhook: serving is not part of this build yet.", file=sys.stderr)
-    return 2
+    args = parser().parse_args(argv)
+    try:
+        policy = Policy(max_cpu=args.max_cpu, max_memory=args.max_memory,
+                        max_replicas=args.max_replicas,
+                        default_template=args.default_template or None)
+    except ValueError as exc:
+        print(f"vmgroup-webhook: {exc}", file=sys.stderr)
+        return 2
+    # Workers share metrics through files here; it must exist, empty, before any worker starts.
+    own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    if own_metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vmgroup-webhook-")
+    from .server import ServerSettings, WebhookServer  # noqa: PLC0415 - after the env is set
+
+    settings = ServerSettings(
+        cert_file=args.tls_cert_file, key_file=args.tls_key_file, bind=args.bind,
+        workers=args.workers, threads=args.threads, max_request_bytes=args.max_request_bytes,
+        log_level=args.log_level, policy=policy)
+    try:
+        WebhookServer(settings).run()
+    finally:
+        if own_metrics_dir:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .components import CRD_PATH, REPO, bin_dir
+from .components import CRD_PATH, REPO, bin_dir, kubectl
 from .process import StackError, exited, poll
 from .stack import LocalStack
 
@@ -105,22 +105,16 @@ def serve(state: State) -> int:
     return 0
 
 
-def _kubectl(state: State, *args: str) -> str:
-    out = subprocess.run([str(bin_dir() / "kubectl"), f"--kubeconfig={state.kubeconfig}", *args],
-                         check=True, capture_output=True, text=True)
-    return out.stdout
-
-
 def _set_up_cluster(state: State) -> None:
     """Idempotent: CRD, operator namespace, the example VmGroup."""
-    _kubectl(state, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
-    _kubectl(state, "wait", "--for=condition=Established", "--timeout=60s",
-             "crd/vmgroups.vm.codeconnect.vmworld.com")
-    namespace = _kubectl(state, "create", "namespace", OPERATOR_NAMESPACE,
-                         "--dry-run=client", "-o", "yaml")
-    subprocess.run([str(bin_dir() / "kubectl"), f"--kubeconfig={state.kubeconfig}", "apply",
-                    "-f", "-"], input=namespace, check=True, capture_output=True, text=True)
-    _kubectl(state, "apply", "-f", str(EXAMPLE))
+    config = state.kubeconfig
+    kubectl(config, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
+    kubectl(config, "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/vmgroups.vm.codeconnect.vmworld.com")
+    namespace = kubectl(config, "create", "namespace", OPERATOR_NAMESPACE,
+                        "--dry-run=client", "-o", "yaml")
+    kubectl(config, "apply", "-f", "-", stdin=namespace)
+    kubectl(config, "apply", "-f", str(EXAMPLE))
 
 
 def up(state: State) -> int:

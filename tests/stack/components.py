@@ -8,17 +8,22 @@ fails fast (with the log tail) if the binary exits.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import ssl
 import subprocess
+import sys
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pyVmomi import vim
+
+from webhook import registration
 
 from . import vsphere
 from .pki import CertificateAuthority, signing_key_pem
@@ -47,6 +52,12 @@ def binary(name: str) -> str:
     if not os.access(path, os.X_OK):
         raise StackError(f"{path} is missing: run `make testbin` first")
     return str(path)
+
+
+def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
+    """Run the real kubectl; raise CalledProcessError (with its stderr) when it fails."""
+    return subprocess.run([binary("kubectl"), f"--kubeconfig={kubeconfig}", *args], input=stdin,
+                          check=True, capture_output=True, text=True, timeout=120).stdout
 
 
 def free_port() -> int:
@@ -290,3 +301,31 @@ class VCSim:
             vsphere.seed_template(si, self.info)
         finally:
             vsphere.disconnect(si)
+
+
+class Webhook:
+    """`vmgroup-webhook` (gunicorn over TLS) as the chart runs it, on a free loopback port."""
+
+    def __init__(self, ca: Path, cert: tuple[Path, Path], log_dir: Path,
+                 args: Sequence[str] = (), *, name: str = "webhook") -> None:
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.ca = ca
+        crt, key = cert
+        self.process = Process(name, [
+            sys.executable, "-m", "webhook",
+            f"--tls-cert-file={crt}", f"--tls-key-file={key}",
+            f"--bind=127.0.0.1:{self.port}", *args,
+        ], log_dir)
+
+    def start(self) -> None:
+        self.process.start()
+        poll(lambda: _https_get(f"{self.url}/readyz", self.ca) == b"ok",
+             timeout=START_TIMEOUT, what="vmgroup-webhook /readyz", alive=self.process.check_alive)
+
+    def register(self, kubeconfig: Path) -> None:
+        """Register by URL with a caBundle, as the local stack does (the chart uses a Service)."""
+        configs = registration.vmgroup_configurations(
+            registration.url_client_config(self.url, self.ca.read_bytes()))
+        kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", "-",
+                stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": configs}))

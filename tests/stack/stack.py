@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -13,6 +14,7 @@ from .components import (
     KubeControllerManager,
     Pki,
     VCSim,
+    Webhook,
     kubeconfig,
     write_kubeconfig,
 )
@@ -39,6 +41,7 @@ class LocalStack:
         self.pki = Pki.create(work / "pki")
         self.etcd = self.apiserver = self.controller_manager = None
         self.vcsim: VCSim | None = None
+        self.webhook: Webhook | None = None
         if kube:
             self.etcd = Etcd(self.pki, work, self.log_dir)
             self.apiserver = KubeAPIServer(self.pki, self.etcd, work, self.log_dir)
@@ -50,7 +53,8 @@ class LocalStack:
 
     @property
     def parts(self) -> list[_Part]:
-        parts: list[_Part | None] = [self.etcd, self.apiserver, self.controller_manager, self.vcsim]
+        parts: list[_Part | None] = [self.etcd, self.apiserver, self.controller_manager,
+                                     self.vcsim, self.webhook]
         return [p for p in parts if p is not None]
 
     @property
@@ -79,6 +83,16 @@ class LocalStack:
             self.stop()
             raise
         return self
+
+    def start_webhook(self, args: Sequence[str] = ()) -> Webhook:
+        """Start vmgroup-webhook with `args` and register it with this stack's API server."""
+        if self.apiserver is None:
+            raise RuntimeError("a webhook needs the API server: start the stack with kube=True")
+        webhook = Webhook(self.pki.ca, self.pki.pair("webhook"), self.log_dir, args)
+        self.webhook = webhook  # from now on stop() stops it too
+        webhook.start()
+        webhook.register(self.kubeconfig)
+        return webhook
 
     def stop(self) -> None:
         """Stop in reverse order of dependency; never raises, so teardown always completes."""

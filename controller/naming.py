@@ -1,0 +1,19 @@
+"""Names the controller gives things in vCenter: the one place these rules live.
+
+VM names are deterministic (`<namespace>-<group>-<ordinal>`), so a controller restarted at any
+instant finds the VMs it already made instead of making more; the admission webhook uses the
+same function to refuse groups whose names would not fit vSphere's limit.
+"""
+
+from __future__ import annotations
+
+MAX_VSPHERE_NAME = 80  # vSphere inventory names are at most 80 characters
+
+
+def vm_name(namespace: str, group: str, ordinal: int) -> str:
+    return f"{namespace}-{group}-{ordinal}"
+
+
+def longest_vm_name(namespace: str, group: str, replicas: int) -> str:
+    """The longest name a group of `replicas` VMs will use (its highest ordinal)."""
+    return vm_name(namespace, group, max(replicas - 1, 0))

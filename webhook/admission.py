@@ -1,0 +1,148 @@
+"""AdmissionReview v1, exactly: parse a request, build a response. Pure: no Flask, no I/O.
+
+Reading list facts this module encodes: the response echoes `uid` and carries
+`apiVersion: admission.k8s.io/v1` and `kind: AdmissionReview`; a mutation is a base64 JSON
+Patch with `patchType: JSONPatch`; a patch that fails to apply fails the request even under
+`failurePolicy: Ignore`, so every patch is applied here once before it is returned.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonpatch
+
+API_VERSION = "admission.k8s.io/v1"
+KIND = "AdmissionReview"
+OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
+MAX_WARNING_LENGTH = 120  # what the API docs ask of a warning; past 256 it may be truncated
+
+
+class BadReview(ValueError):
+    """The HTTP body is not an AdmissionReview v1 request we can answer (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class GroupVersionKind:
+    group: str
+    version: str
+    kind: str
+
+    def __str__(self) -> str:
+        return f"{self.group}/{self.version} {self.kind}" if self.group else \
+            f"{self.version} {self.kind}"
+
+
+@dataclass(frozen=True)
+class AdmissionRequest:
+    """The parts of `request` a handler reads, checked for type."""
+
+    uid: str
+    kind: GroupVersionKind
+    operation: str
+    namespace: str
+    name: str
+    sub_resource: str
+    object: dict[str, Any] | None
+    old_object: dict[str, Any] | None
+    dry_run: bool
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _str(value: Any, what: str, *, required: bool = False) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise BadReview(f"{what} must be a non-empty string" if required
+                        else f"{what} must be a string")
+    return value
+
+
+def _obj(value: Any, what: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadReview(f"{what} must be a JSON object")
+    return value
+
+
+def parse_review(body: bytes | str) -> AdmissionRequest:
+    """Parse an AdmissionReview v1 request body; raise BadReview with a clear message."""
+    try:
+        review = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadReview(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(review, dict):
+        raise BadReview("request body must be a JSON object (an AdmissionReview)")
+    api_version, kind = review.get("apiVersion"), review.get("kind")
+    if api_version != API_VERSION or kind != KIND:
+        raise BadReview(f"expected apiVersion {API_VERSION!r} and kind {KIND!r}, "
+                        f"got {api_version!r} and {kind!r}")
+    request = review.get("request")
+    if not isinstance(request, dict):
+        raise BadReview("AdmissionReview has no request object")
+    uid = _str(request.get("uid"), "request.uid", required=True)
+    operation = request.get("operation")
+    if operation not in OPERATIONS:
+        raise BadReview(f"request.operation must be one of {sorted(OPERATIONS)}, "
+                        f"got {operation!r}")
+    gvk = _obj(request.get("kind"), "request.kind") or {}
+    dry_run = request.get("dryRun", False)
+    if not isinstance(dry_run, bool):
+        raise BadReview("request.dryRun must be a boolean")
+    return AdmissionRequest(
+        uid=uid,
+        kind=GroupVersionKind(_str(gvk.get("group"), "request.kind.group"),
+                              _str(gvk.get("version"), "request.kind.version"),
+                              _str(gvk.get("kind"), "request.kind.kind")),
+        operation=operation,
+        namespace=_str(request.get("namespace"), "request.namespace"),
+        name=_str(request.get("name"), "request.name"),
+        sub_resource=_str(request.get("subResource"), "request.subResource"),
+        object=_obj(request.get("object"), "request.object"),
+        old_object=_obj(request.get("oldObject"), "request.oldObject"),
+        dry_run=dry_run,
+        options=_obj(request.get("options"), "request.options") or {},
+    )
+
+
+def json_patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The JSON Patch from `original` to `mutated`, proven by applying it to `original`."""
+    ops: list[dict[str, Any]] = list(jsonpatch.make_patch(original, mutated))
+    if jsonpatch.apply_patch(original, ops) != mutated:
+        raise AssertionError("generated JSON Patch does not reproduce the mutated object")
+    return ops
+
+
+def _review(uid: str, response: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": KIND, "response": {"uid": uid, **response}}
+
+
+def _warnings(warnings: Iterable[str]) -> dict[str, Any]:
+    items = list(warnings)
+    return {"warnings": items} if items else {}
+
+
+def allow(uid: str, *, patch: list[dict[str, Any]] | None = None,
+          warnings: Iterable[str] = ()) -> dict[str, Any]:
+    """An allowing AdmissionReview; with a non-empty patch it is a mutation."""
+    response: dict[str, Any] = {"allowed": True, **_warnings(warnings)}
+    if patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(
+            json.dumps(patch, separators=(",", ":")).encode()).decode()
+    return _review(uid, response)
+
+
+def deny(uid: str, message: str, *, code: int = 422, reason: str = "Invalid",
+         warnings: Iterable[str] = ()) -> dict[str, Any]:
+    """A refusing AdmissionReview; kubectl prints `message` after 'denied the request: '."""
+    return _review(uid, {
+        "allowed": False,
+        "status": {"code": code, "reason": reason, "message": message},
+        **_warnings(warnings),
+    })

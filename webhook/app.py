@@ -1,0 +1,95 @@
+"""The Flask app: thin HTTP edges around the pure admission handlers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from . import metrics, vmgroup
+from .admission import AdmissionRequest, BadReview, parse_review
+from .vmgroup import Policy
+
+log = logging.getLogger("vmgroup.webhook")
+
+DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024  # an UPDATE carries object + oldObject, 1.5 MiB each
+
+Handler = Callable[[AdmissionRequest, Policy], dict[str, Any]]
+
+ADMISSION_ENDPOINTS: dict[str, Handler] = {
+    "/mutate/vmgroups": vmgroup.mutate,
+    "/validate/vmgroups": vmgroup.validate,
+}
+
+
+def _outcome(review: dict[str, Any]) -> str:
+    response = review["response"]
+    if not response["allowed"]:
+        return "denied"
+    return "patched" if "patch" in response else "allowed"
+
+
+def _admission_view(path: str, handler: Handler, policy: Policy) -> Callable[[], Any]:
+    def view() -> Any:
+        started = time.perf_counter()
+        try:
+            review = parse_review(request.get_data(cache=False))
+        except BadReview as exc:
+            metrics.REQUESTS.labels(path, "bad_request").inc()
+            log.warning("bad admission request", extra={"endpoint": path, "error": str(exc)})
+            return jsonify(error=str(exc)), 400
+        fields = {"uid": review.uid, "endpoint": path, "kind": str(review.kind),
+                  "operation": review.operation, "namespace": review.namespace,
+                  "object": review.name, "dryRun": review.dry_run}
+        try:
+            answer = handler(review, policy)
+        except Exception:
+            # Not the caller's fault: a 500 makes the API server apply the failure policy.
+            metrics.REQUESTS.labels(path, "error").inc()
+            log.exception("admission handler failed", extra=fields)
+            return jsonify(error=f"internal error answering request {review.uid}"), 500
+        outcome = _outcome(answer)
+        metrics.REQUESTS.labels(path, outcome).inc()
+        metrics.DURATION.labels(path).observe(time.perf_counter() - started)
+        log.info("admission", extra={**fields, "outcome": outcome})
+        return jsonify(answer)
+
+    view.__name__ = f"admission_{path.strip('/').replace('/', '_')}"
+    return view
+
+
+def create_app(policy: Policy | None = None, *,
+               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+               endpoints: dict[str, Handler] | None = None) -> Flask:
+    """The webhook's WSGI app for one cluster policy."""
+    policy = policy or Policy()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    for path, handler in (endpoints or ADMISSION_ENDPOINTS).items():
+        app.add_url_rule(path, view_func=_admission_view(path, handler, policy),
+                         methods=["POST"])
+
+    @app.get("/healthz")
+    def healthz() -> str:
+        return "ok"
+
+    @app.get("/readyz")
+    def readyz() -> str:
+        return "ok"
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        # 404, 405, 413 (body over the limit)...: a JSON error the caller can read, not HTML.
+        return jsonify(error=f"{exc.name}: {exc.description}"), exc.code or 400
+
+    return app

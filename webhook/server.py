@@ -1,0 +1,126 @@
+"""gunicorn serving the webhook: TLS that rotates without a restart, keep-alive, graceful stop.
+
+The API server keeps connections to a webhook open and reuses them, so the worker class is
+gthread (the sync worker closes every connection). gunicorn wraps each accepted connection
+with `ssl_context(...)`; ours hands back one cached context per worker and rebuilds it only
+when the certificate or key file changed, so cert-manager or a re-issued Secret is picked up
+on the next connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from . import logs
+from .vmgroup import Policy
+
+log = logging.getLogger("vmgroup.webhook")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    cert_file: str
+    key_file: str
+    bind: str = "0.0.0.0:8443"  # the API server calls in from outside the Pod
+    workers: int = 2
+    threads: int = 4
+    keepalive: int = 60  # seconds an idle API server connection is kept
+    graceful_timeout: int = 20
+    max_request_bytes: int = 8 * 1024 * 1024
+    log_level: str = "info"
+    policy: Policy = field(default_factory=Policy)
+
+
+class ReloadingTLSContext:
+    """One SSLContext, rebuilt when the cert or key file changes on disk.
+
+    A half-written rotation (new cert, old key) fails to load: the old context keeps serving
+    and the next connection tries again.
+    """
+
+    def __init__(self, cert_file: str, key_file: str) -> None:
+        self._files = (cert_file, key_file)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, ...] | None = None
+        self._context: ssl.SSLContext | None = None
+
+    def _current_stamp(self) -> tuple[int, ...]:
+        stats = [os.stat(f) for f in self._files]
+        return tuple(v for s in stats for v in (s.st_mtime_ns, s.st_size, s.st_ino))
+
+    def get(self, factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        with self._lock:
+            stamp, context = self._current_stamp(), self._context
+            if context is not None and stamp == self._stamp:
+                return context
+            try:
+                fresh = factory()
+            except (ssl.SSLError, OSError):
+                if context is None:
+                    raise
+                log.warning("TLS key pair unreadable; keeping the previous one", exc_info=True)
+                return context
+            fresh.minimum_version = ssl.TLSVersion.TLSv1_2
+            if context is not None:
+                log.info("TLS key pair reloaded", extra={"cert_file": self._files[0]})
+            self._context, self._stamp = fresh, stamp
+            return fresh
+
+
+def gunicorn_options(settings: ServerSettings) -> dict[str, Any]:
+    """The gunicorn configuration, as plain data."""
+    tls = ReloadingTLSContext(settings.cert_file, settings.key_file)
+
+    def ssl_context(_config: Any, factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        return tls.get(factory)
+
+    def child_exit(_server: Any, worker: Any) -> None:
+        # Imported late: PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client loads.
+        from prometheus_client import multiprocess  # noqa: PLC0415
+
+        multiprocess.mark_process_dead(worker.pid)
+
+    return {
+        "bind": [settings.bind],
+        "workers": settings.workers,
+        "worker_class": "gthread",
+        "threads": settings.threads,
+        "keepalive": settings.keepalive,
+        "graceful_timeout": settings.graceful_timeout,
+        "timeout": 30,
+        "certfile": settings.cert_file,
+        "keyfile": settings.key_file,
+        "ssl_context": ssl_context,
+        "child_exit": child_exit,
+        # Header limits (the body limit is the app's MAX_CONTENT_LENGTH).
+        "limit_request_line": 4094,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 8190,
+        "accesslog": None,  # every admission is logged by the app, with its uid
+        "loglevel": settings.log_level,
+        "logconfig_dict": logs.dict_config(settings.log_level),
+        "proc_name": "vmgroup-webhook",
+    }
+
+
+class WebhookServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in gunicorn_options(self.settings).items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from .app import create_app  # noqa: PLC0415 - in the worker, after the metrics dir is set
+
+        return create_app(self.settings.policy, max_request_bytes=self.settings.max_request_bytes)
