@@ -34,7 +34,7 @@ def test_dev_up_twice_use_then_down_leaves_nothing(tmp_path: Path) -> None:
     assert "kubectl get vg" in first.stdout
     pids = json.loads((state / "stack.json").read_text())["pids"]
     supervisor = int((state / "supervisor.pid").read_text())
-    assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager", "vcsim"}
+    assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager", "vcsim", "webhook"}
 
     again = _stack(state, "up")  # running make dev twice is safe
     assert again.returncode == 0, again.stderr
@@ -46,6 +46,9 @@ def test_dev_up_twice_use_then_down_leaves_nothing(tmp_path: Path) -> None:
         kubectl get vg vg-1 -o jsonpath='{.spec.template}{"\\n"}'
         kubectl get namespace "$VMGROUP_NAMESPACE" -o name
         govc find / -type m -name vm-operator-template
+        echo '{"apiVersion": "vm.codeconnect.vmworld.com/v1alpha1", "kind": "VmGroup",
+               "metadata": {"name": "probe"}, "spec": {"template": "t"}}' |
+          kubectl create --dry-run=server -f - -o jsonpath='{.spec.replicas}{"\\n"}'
     """)
     assert shell.returncode == 0, shell.stderr
     assert shell.stdout.split() == [
@@ -53,10 +56,12 @@ def test_dev_up_twice_use_then_down_leaves_nothing(tmp_path: Path) -> None:
         "vm-operator-template",
         "namespace/vmgroup-system",
         "/DC0/vm/templates/vm-operator-template",
+        "1",  # defaulted by the registered webhook
     ]
     assert (state / "env").stat().st_mode & 0o077 == 0  # it holds the vCenter password
     assert {p.name for p in (state / "logs").iterdir()} >= {
-        "etcd.log", "kube-apiserver.log", "kube-controller-manager.log", "vcsim.log"}
+        "etcd.log", "kube-apiserver.log", "kube-controller-manager.log", "vcsim.log",
+        "webhook.log"}
 
     down = _stack(state, "down")
     assert down.returncode == 0, down.stderr

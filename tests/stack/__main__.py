@@ -88,12 +88,13 @@ def serve(state: State) -> int:
     stack = LocalStack(state.work, log_dir=state.logs)
     try:
         stack.start()
+        webhook = stack.start_webhook()
         shutil.copyfile(stack.kubeconfig, state.kubeconfig)
         state.kubeconfig.chmod(0o600)
         state.env_file.touch(mode=0o600)
         state.env_file.write_text(_env_file(state, stack))
         info = {"apiserver": stack.apiserver.url if stack.apiserver else None,
-                "vcenter": stack.vcenter.url, "pids": stack.pids()}
+                "vcenter": stack.vcenter.url, "webhook": webhook.url, "pids": stack.pids()}
         state.info_file.write_text(json.dumps(info, indent=2))
         print(f"stack ready: {json.dumps(info)}", flush=True)
         stop.wait()
@@ -144,8 +145,9 @@ def up(state: State) -> int:
     print(f"""
   API server : {info.get('apiserver')}
   vCenter    : {info.get('vcenter')} (vcsim, template vm-operator-template)
+  webhook    : {info.get('webhook')} (vmgroup-webhook, registered by URL)
   logs       : {state.logs}/
-  webhook and controller: not part of this build yet; they join `make dev` as they land.
+  controller : not part of this build yet; it joins `make dev` when it lands.
 
 Next:
   source {os.path.relpath(state.env_file)} && kubectl get vg

@@ -1,0 +1,119 @@
+"""The Flask edge and the server configuration, without a network (the e2e tests add one)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.reviews import review, vmgroup
+from tests.stack.pki import CertificateAuthority
+from webhook import __main__ as cli
+from webhook.admission import AdmissionRequest
+from webhook.app import create_app
+from webhook.server import ReloadingTLSContext, ServerSettings, gunicorn_options
+from webhook.vmgroup import Policy
+
+
+def _boom(request: AdmissionRequest, policy: Policy) -> dict[str, Any]:
+    raise RuntimeError("bug")
+
+
+def test_an_unexpected_error_is_a_500_logged_with_the_uid(
+        caplog: pytest.LogCaptureFixture) -> None:
+    client = create_app(endpoints={"/validate/vmgroups": _boom}).test_client()
+    body = review(vmgroup(template="t"))
+    with caplog.at_level(logging.ERROR, logger="vmgroup.webhook"):
+        answer = client.post("/validate/vmgroups", json=body)
+    uid = body["request"]["uid"]
+    assert answer.status_code == 500
+    assert answer.get_json() == {"error": f"internal error answering request {uid}"}
+    (record,) = caplog.records
+    assert record.uid == uid  # type: ignore[attr-defined]
+    assert record.exc_info is not None
+
+
+def test_body_over_the_limit_is_413_json() -> None:
+    client = create_app(max_request_bytes=100).test_client()
+    answer = client.post("/mutate/vmgroups", data=b"x" * 101)
+    assert answer.status_code == 413
+    assert "Request Entity Too Large" in answer.get_json()["error"]
+
+
+def test_metrics_count_outcomes() -> None:
+    client = create_app().test_client()
+    client.post("/mutate/vmgroups", json=review(vmgroup(template="t")))
+    client.post("/validate/vmgroups", data=b"nope")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'vmgroup_webhook_requests_total{endpoint="/mutate/vmgroups",outcome="patched"}' in text
+    assert ('vmgroup_webhook_requests_total{endpoint="/validate/vmgroups",outcome="bad_request"}'
+            in text)
+
+
+def test_gunicorn_keeps_connections_and_shuts_down_gracefully() -> None:
+    options = gunicorn_options(ServerSettings(cert_file="c", key_file="k", workers=3))
+    assert options["worker_class"] == "gthread"  # sync workers close every connection
+    assert options["keepalive"] >= 30
+    assert options["graceful_timeout"] > 0
+    assert (options["workers"], options["certfile"], options["keyfile"]) == (3, "c", "k")
+    assert callable(options["ssl_context"])
+    assert callable(options["child_exit"])
+
+
+def _pair(tmp_path: Path, authority: CertificateAuthority) -> tuple[str, str]:
+    crt, key = authority.serving("webhook").write(tmp_path, "tls")
+    return str(crt), str(key)
+
+
+def _factory(crt: str, key: str) -> Any:
+    def make() -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(crt, key)
+        return context
+    return make
+
+
+def test_tls_context_is_cached_reloaded_and_kept_on_a_broken_pair(tmp_path: Path) -> None:
+    authority = CertificateAuthority()
+    crt, key = _pair(tmp_path, authority)
+    tls = ReloadingTLSContext(crt, key)
+    first = tls.get(_factory(crt, key))
+    assert first.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert tls.get(_factory(crt, key)) is first  # unchanged files: no reload
+
+    _pair(tmp_path, authority)  # rotated
+    second = tls.get(_factory(crt, key))
+    assert second is not first
+
+    Path(key).write_text("not a key")  # a half-written rotation
+    assert tls.get(_factory(crt, key)) is second
+
+
+def test_tls_context_without_a_first_pair_fails(tmp_path: Path) -> None:
+    (tmp_path / "c").write_text("x")
+    (tmp_path / "k").write_text("y")
+    tls = ReloadingTLSContext(str(tmp_path / "c"), str(tmp_path / "k"))
+    with pytest.raises(ssl.SSLError):
+        tls.get(_factory(str(tmp_path / "c"), str(tmp_path / "k")))
+
+
+def test_flags_fall_back_to_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMGROUP_WEBHOOK_MAX_CPU", "8")
+    monkeypatch.setenv("VMGROUP_WEBHOOK_TLS_CERT_FILE", "/c")
+    args = cli.parser().parse_args(["--tls-key-file=/k"])
+    assert (args.max_cpu, args.tls_cert_file, args.tls_key_file) == (8, "/c", "/k")
+
+
+def test_missing_tls_flags_are_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args([])
+    assert "--tls-cert-file" in capsys.readouterr().err
+
+
+def test_policy_out_of_bounds_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["--tls-cert-file=/c", "--tls-key-file=/k", "--max-cpu=1000"])
+    assert code == 2
+    assert "policy maximum for cpu must be between 1 and 768" in capsys.readouterr().err
