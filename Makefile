@@ -50,6 +50,10 @@ test: venv testbin lint ## the whole suite: lint, unit, integration (vcsim), end
 unit: venv ## only the unit tests (no stack, seconds)
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
+.PHONY: bench-webhook
+bench-webhook: venv testbin ## webhook latency/throughput/memory at fixed rates (~3 min)
+	$(PY) -m bench.webhook $(BENCH_ARGS)
+
 .PHONY: lock
 lock: venv ## refresh constraints.txt from the current .venv
 	$(VENV)/bin/pip freeze --exclude-editable --disable-pip-version-check > constraints.txt

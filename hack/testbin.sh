@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the real binaries the local stack runs (kube-apiserver, kube-controller-manager, kubectl,
-# etcd, vcsim, govc, helm) from the Go modules pinned under hack/tools/, into a cache outside
+# etcd, vcsim, govc, helm, and the benchmarks' load generator fortio) from the Go modules pinned under hack/tools/, into a cache outside
 # the repository. The bin directory is named after a hash of every pin and build flag, so a
 # changed pin builds a new set (Go's own build cache makes unchanged parts quick) and an
 # unchanged set is never rebuilt.
@@ -78,6 +78,7 @@ build etcd "-s -w" etcd go.etcd.io/etcd/server/v3
 build vcsim "-s -w" vcsim .
 build govc "$govc_ldflags" govc github.com/vmware/govmomi/govc
 build helm "$helm_ldflags" helm helm.sh/helm/v4/cmd/helm
+build fortio "-s -w" fortio fortio.org/fortio
 build kubernetes "$k8s_ldflags" kube-apiserver \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 rmdir "$bindir/.partial" 2>/dev/null || true

@@ -1,0 +1,173 @@
+"""Webhook benchmark: fixed request rates over TLS with keep-alive against vmgroup-webhook under
+gunicorn with its default configuration, mixing VmGroup mutate and validate requests.
+
+    make bench-webhook                      # or: .venv/bin/python -m bench.webhook --help
+
+For each rate, two fortio load generators (one per endpoint, half the rate each) run at once
+on this machine, so the load generator's CPU is part of the budget, as it would be for an API
+server sharing a node. Each rate is measured `--repeat` times; the median run is reported.
+Targets (2 cores, load generator included): p99 <= 5 ms at 200 req/s, >= 800 req/s sustained,
+<= 80 MB RSS per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.reviews import review, vmgroup
+from tests.stack import binary
+from tests.stack.components import Webhook
+from tests.stack.pki import CertificateAuthority
+
+TARGET_P99_MS, TARGET_P99_RATE, TARGET_RPS, TARGET_RSS_MB = 5.0, 200, 800, 80.0
+
+
+@dataclass
+class Run:
+    rate: float  # requested req/s in total (0 = as fast as possible)
+    achieved: float  # req/s actually completed, both endpoints
+    p50_ms: float  # worst of the two endpoints
+    p99_ms: float
+    max_ms: float
+    errors: int
+
+
+def _payloads(directory: Path) -> dict[str, Path]:
+    """One realistic request per endpoint: a template-only CREATE for defaulting, a full one
+    for validation."""
+    bodies = {
+        "/mutate/vmgroups": review(vmgroup("vg-1", "team-a", template="vm-operator-template")),
+        "/validate/vmgroups": review(vmgroup("vg-1", "team-a", cpu=2, memory=4, replicas=3,
+                                             template="vm-operator-template")),
+    }
+    files = {}
+    for path, body in bodies.items():
+        files[path] = directory / (path.strip("/").replace("/", "-") + ".json")
+        files[path].write_text(json.dumps(body))
+    return files
+
+
+def _fortio(url: str, payload: Path, ca: Path, qps: float, seconds: float, connections: int,
+            out: Path) -> subprocess.Popen[bytes]:
+    # -uniform -jitter: the connections' requests are spread over each interval, as requests of
+    # many independent API server clients are, rather than fired in lock-step bursts.
+    pacing = ["-uniform", "-jitter"] if qps else []
+    return subprocess.Popen(
+        [binary("fortio"), "load", "-quiet", "-qps", str(qps), "-t", f"{seconds}s", *pacing,
+         "-c", str(connections), "-p", "50,99", "-cacert", str(ca), "-payload-file",
+         str(payload), "-content-type", "application/json", "-json", str(out), url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _measure(webhook: Webhook, ca: Path, payloads: dict[str, Path], rate: float,
+             seconds: float, connections: int, work: Path) -> Run:
+    procs, outs = [], []
+    for i, (path, payload) in enumerate(payloads.items()):
+        outs.append(work / f"result-{i}.json")
+        procs.append(_fortio(webhook.url + path, payload, ca, rate / 2, seconds, connections,
+                             outs[-1]))
+    for proc in procs:
+        _, err = proc.communicate(timeout=seconds + 60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"fortio failed: {err.decode(errors='replace')}")
+    results = [json.loads(o.read_text()) for o in outs]
+
+    def percentile(result: dict[str, Any], p: float) -> float:
+        return next(x["Value"] for x in result["DurationHistogram"]["Percentiles"]
+                    if x["Percentile"] == p) * 1000
+
+    return Run(
+        rate=rate,
+        achieved=sum(r["ActualQPS"] for r in results),
+        p50_ms=max(percentile(r, 50) for r in results),
+        p99_ms=max(percentile(r, 99) for r in results),
+        max_ms=max(r["DurationHistogram"]["Max"] for r in results) * 1000,
+        errors=sum(n for r in results for code, n in r["RetCodes"].items() if code != "200"),
+    )
+
+
+def _worker_rss_mb(webhook: Webhook) -> list[float]:
+    master = webhook.process.pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    rss = []
+    for pid in children:
+        status = Path(f"/proc/{pid}/status").read_text()
+        kb = next(int(line.split()[1]) for line in status.splitlines()
+                  if line.startswith("VmHWM:"))  # peak resident set of the worker
+        rss.append(kb / 1024)
+    return rss
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="200,400,800",
+                        help="fixed total rates in req/s (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=15, help="per run (default: 15)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per rate (default: 3)")
+    parser.add_argument("--connections", type=int, default=2,
+                        help="keep-alive connections per endpoint at fixed rates (default: 2; "
+                        "the unbounded run uses twice as many)")
+    parser.add_argument("--webhook-args", default="",
+                        help="extra vmgroup-webhook flags, to compare against the defaults")
+    args = parser.parse_args(argv)
+    rates = [float(r) for r in args.rates.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp:
+        work = Path(tmp)
+        authority = CertificateAuthority("bench-ca")
+        ca = work / "ca.crt"
+        ca.write_bytes(authority.cert_pem)
+        cert = authority.serving("webhook").write(work, "tls")
+        webhook = Webhook(ca, cert, work / "logs", args.webhook_args.split(),
+                          name="bench-webhook")
+        webhook.start()
+        try:
+            payloads = _payloads(work)
+            _measure(webhook, ca, payloads, 200, 3, args.connections, work)  # warm-up
+            table: list[Run] = []
+            for rate in [*rates, 0.0]:
+                connections = args.connections if rate else 2 * args.connections
+                runs = sorted((_measure(webhook, ca, payloads, rate, args.seconds,
+                                        connections, work) for _ in range(args.repeat)),
+                              key=lambda r: r.p99_ms if rate else -r.achieved)
+                table.append(runs[len(runs) // 2])  # the median run
+            rss = _worker_rss_mb(webhook)
+        finally:
+            webhook.process.stop()
+
+    print(f"\nvmgroup-webhook, gunicorn defaults (2 gthread workers x 4 threads), TLS, "
+          f"keep-alive; {args.repeat} runs of {args.seconds:.0f}s per rate, median shown")
+    print(f"{'rate req/s':>12} {'achieved':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+          f"{'errors':>7}")
+    for run in table:
+        label = f"{run.rate:.0f}" if run.rate else "max"
+        print(f"{label:>12} {run.achieved:9.0f} {run.p50_ms:8.2f} {run.p99_ms:8.2f} "
+              f"{run.max_ms:8.1f} {run.errors:7d}")
+    print(f"worker peak RSS (MB): {', '.join(f'{r:.1f}' for r in rss)}")
+
+    at_target = next((r for r in table if r.rate == TARGET_P99_RATE), None)
+    sustained = table[-1].achieved
+    verdicts = [
+        (f"p99 <= {TARGET_P99_MS} ms at {TARGET_P99_RATE} req/s",
+         at_target is not None and at_target.p99_ms <= TARGET_P99_MS and not at_target.errors),
+        (f">= {TARGET_RPS} req/s sustained", sustained >= TARGET_RPS and not table[-1].errors),
+        (f"<= {TARGET_RSS_MB:.0f} MB RSS per worker", max(rss) <= TARGET_RSS_MB),
+    ]
+    for name, ok in verdicts:
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    print(f"reproduce: .venv/bin/python -m bench.webhook --rates {args.rates} "
+          f"--seconds {args.seconds:.0f} --repeat {args.repeat}")
+    return 0 if all(ok for _, ok in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
