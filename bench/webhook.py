@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,8 +80,8 @@ def _measure(webhook: Webhook, ca: Path, payloads: dict[str, Path], rate: float,
     results = [json.loads(o.read_text()) for o in outs]
 
     def percentile(result: dict[str, Any], p: float) -> float:
-        return next(x["Value"] for x in result["DurationHistogram"]["Percentiles"]
-                    if x["Percentile"] == p) * 1000
+        return 1000 * float(next(x["Value"] for x in result["DurationHistogram"]["Percentiles"]
+                                 if x["Percentile"] == p))
 
     return Run(
         rate=rate,
