@@ -34,13 +34,15 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   k8s_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 
+cert_manager_version=v1.21.2  # only its CRDs are used (chart tests)
+
 helm_ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version"
 helm_ldflags+=" -X helm.sh/helm/v4/internal/version.metadata="
 govc_ldflags="-s -w -X github.com/vmware/govmomi/govc/flags.BuildVersion=${govc_version#v}"
 
 # One bin directory for the whole pinned set, named after everything that goes into a build:
 # a changed pin or flag gives a new directory, an unchanged set is never rebuilt.
-set_hash=$( (cat "$tools"/*/go.mod "$tools"/*/go.sum "$tools"/*/*.go; echo "$k8s_ldflags $helm_ldflags $govc_ldflags") \
+set_hash=$( (cat "$tools"/*/go.mod "$tools"/*/go.sum "$tools"/*/*.go; echo "$k8s_ldflags $helm_ldflags $govc_ldflags $cert_manager_version") \
   | sha256sum | cut -c1-12)
 bindir="$cache/$set_hash/bin"
 
@@ -82,4 +84,13 @@ build fortio "-s -w" fortio fortio.org/fortio
 build kubernetes "$k8s_ldflags" kube-apiserver \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 rmdir "$bindir/.partial" 2>/dev/null || true
+
+# cert-manager's CRDs, so the chart's cert-manager mode is checked against the real API shape.
+crds="$bindir/../crds/cert-manager"
+if [[ ! -f "$crds/cert-manager.io_certificates.yaml" ]]; then
+  moddir=$(cd "$tools" && go mod download -json "github.com/cert-manager/cert-manager@$cert_manager_version" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  mkdir -p "$crds"
+  cp "$moddir"/deploy/crds/cert-manager.io_{certificates,issuers,clusterissuers}.yaml "$crds/"
+fi
 echo "$bindir"

@@ -13,6 +13,7 @@ from typing import Any
 from .vmgroup import GROUP, VERSION
 
 NAME = "vmgroup-operator"
+SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 TIMEOUT_SECONDS = 5
 MUTATE_PATH, VALIDATE_PATH = "/mutate/vmgroups", "/validate/vmgroups"
 
@@ -25,13 +26,15 @@ def url_client_config(base_url: str, ca_pem: bytes) -> ClientConfig:
     return lambda path: {"url": base_url.rstrip("/") + path, "caBundle": bundle}
 
 
-def _webhook(name: str, path: str, resources: list[str],
-             client_config: ClientConfig) -> dict[str, Any]:
+def _webhook(name: str, path: str, resources: list[str], client_config: ClientConfig,
+             excluded: list[str]) -> dict[str, Any]:
     return {
         "name": name,
         "clientConfig": client_config(path),
         "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [GROUP],
                    "apiVersions": [VERSION], "resources": resources, "scope": "Namespaced"}],
+        "namespaceSelector": {"matchExpressions": [{
+            "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": excluded}]},
         "failurePolicy": "Fail",
         "matchPolicy": "Equivalent",
         "sideEffects": "None",
@@ -40,17 +43,20 @@ def _webhook(name: str, path: str, resources: list[str],
     }
 
 
-def vmgroup_configurations(client_config: ClientConfig,
+def vmgroup_configurations(client_config: ClientConfig, operator_namespace: str,
                            name: str = NAME) -> list[dict[str, Any]]:
     """The Mutating- and ValidatingWebhookConfiguration for VmGroups.
 
     DELETE is not intercepted. Validation also covers vmgroups/scale, or `kubectl scale`
-    would bypass the replicas policy.
+    would bypass the replicas policy. The operator's own namespace and the system namespaces
+    are never sent to the webhook.
     """
-    mutating = _webhook(f"mutate.vmgroups.{GROUP}", MUTATE_PATH, ["vmgroups"], client_config)
+    excluded = [operator_namespace, *SYSTEM_NAMESPACES]
+    mutating = _webhook(f"mutate.vmgroups.{GROUP}", MUTATE_PATH, ["vmgroups"], client_config,
+                        excluded)
     mutating["reinvocationPolicy"] = "IfNeeded"  # defaults again if a later webhook unsets them
     validating = _webhook(f"validate.vmgroups.{GROUP}", VALIDATE_PATH,
-                          ["vmgroups", "vmgroups/scale"], client_config)
+                          ["vmgroups", "vmgroups/scale"], client_config, excluded)
     meta = {"name": name, "labels": {"app.kubernetes.io/name": NAME}}
     return [
         {"apiVersion": "admissionregistration.k8s.io/v1",

@@ -25,9 +25,8 @@ from pathlib import Path
 
 from .components import CRD_PATH, REPO, bin_dir, kubectl
 from .process import StackError, exited, poll
-from .stack import LocalStack
+from .stack import OPERATOR_NAMESPACE, LocalStack
 
-OPERATOR_NAMESPACE = "vmgroup-system"
 EXAMPLE = REPO / "examples" / "vmgroup.yaml"
 UP_TIMEOUT = 240.0
 

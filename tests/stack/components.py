@@ -323,9 +323,9 @@ class Webhook:
         poll(lambda: _https_get(f"{self.url}/readyz", self.ca) == b"ok",
              timeout=START_TIMEOUT, what="vmgroup-webhook /readyz", alive=self.process.check_alive)
 
-    def register(self, kubeconfig: Path) -> None:
+    def register(self, kubeconfig: Path, operator_namespace: str) -> None:
         """Register by URL with a caBundle, as the local stack does (the chart uses a Service)."""
         configs = registration.vmgroup_configurations(
-            registration.url_client_config(self.url, self.ca.read_bytes()))
+            registration.url_client_config(self.url, self.ca.read_bytes()), operator_namespace)
         kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", "-",
                 stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": configs}))

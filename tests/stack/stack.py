@@ -21,6 +21,8 @@ from .components import (
 from .process import Process
 from .vsphere import VCenterInfo
 
+OPERATOR_NAMESPACE = "vmgroup-system"  # where the operator runs in `make dev`
+
 
 class _Part(Protocol):
     process: Process
@@ -84,14 +86,15 @@ class LocalStack:
             raise
         return self
 
-    def start_webhook(self, args: Sequence[str] = ()) -> Webhook:
+    def start_webhook(self, args: Sequence[str] = (),
+                      operator_namespace: str = OPERATOR_NAMESPACE) -> Webhook:
         """Start vmgroup-webhook with `args` and register it with this stack's API server."""
         if self.apiserver is None:
             raise RuntimeError("a webhook needs the API server: start the stack with kube=True")
         webhook = Webhook(self.pki.ca, self.pki.pair("webhook"), self.log_dir, args)
         self.webhook = webhook  # from now on stop() stops it too
         webhook.start()
-        webhook.register(self.kubeconfig)
+        webhook.register(self.kubeconfig, operator_namespace)
         return webhook
 
     def stop(self) -> None:
