@@ -39,16 +39,15 @@ Helm = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="module")
-def helm() -> Helm:
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    home = tmp_path_factory.mktemp("helm-home")  # no cache or config from the user's own helm
+
     def run(*args: str, check: bool = True, kubeconfig: Path | None = None
             ) -> subprocess.CompletedProcess[str]:
         config = [f"--kubeconfig={kubeconfig}"] if kubeconfig else []
         result = subprocess.run([binary("helm"), *config, *args], capture_output=True,
                                 text=True, timeout=120, check=False,
-                                env={"PATH": "/usr/bin:/bin", "HOME": str(CHART),
-                                     "HELM_CACHE_HOME": "/tmp/helm-cache",
-                                     "HELM_CONFIG_HOME": "/tmp/helm-config",
-                                     "HELM_DATA_HOME": "/tmp/helm-data"})
+                                env={"PATH": "/usr/bin:/bin", "HOME": str(home)})
         if check and result.returncode != 0:
             pytest.fail(f"helm {' '.join(args)}:\n{result.stderr}")
         return result
