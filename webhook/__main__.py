@@ -13,6 +13,8 @@ import sys
 import tempfile
 from importlib.metadata import version
 
+from initializers.inject import DEFAULT_PREFIX
+
 from .vmgroup import Policy
 
 ENV_PREFIX = "VMGROUP_WEBHOOK_"
@@ -49,6 +51,11 @@ def parser() -> argparse.ArgumentParser:
         "policy: most VMs in one group (default: %(default)s)", int)
     add("default-template", "", "template for groups that name none (default: none)")
     add("log-level", "info", "debug, info, warning or error (default: %(default)s)")
+    add("namespace", "", "namespace of the initializer ConfigMaps, the operator's own; "
+        "never injected (default: none, no initializers)")
+    add("kubeconfig", "", "kubeconfig for the ConfigMap watch (default: the Pod's account)")
+    add("initializer-prefix", DEFAULT_PREFIX,
+        "annotation prefix a workload asks for initializers with (default: %(default)s)")
     return p
 
 
@@ -70,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = ServerSettings(
         cert_file=args.tls_cert_file, key_file=args.tls_key_file, bind=args.bind,
         workers=args.workers, threads=args.threads, max_request_bytes=args.max_request_bytes,
-        log_level=args.log_level, policy=policy)
+        log_level=args.log_level, policy=policy, namespace=args.namespace or None,
+        kubeconfig=args.kubeconfig or None, initializer_prefix=args.initializer_prefix)
     try:
         WebhookServer(settings).run()
     finally:

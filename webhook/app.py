@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -10,20 +11,19 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import metrics, vmgroup
+from initializers.registry import Registry
+
+from . import injection, metrics, vmgroup
 from .admission import AdmissionRequest, BadReview, parse_review
+from .injection import InjectionSettings
 from .vmgroup import Policy
 
 log = logging.getLogger("vmgroup.webhook")
 
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024  # an UPDATE carries object + oldObject, 1.5 MiB each
 
-Handler = Callable[[AdmissionRequest, Policy], dict[str, Any]]
-
-ADMISSION_ENDPOINTS: dict[str, Handler] = {
-    "/mutate/vmgroups": vmgroup.mutate,
-    "/validate/vmgroups": vmgroup.validate,
-}
+Handler = Callable[[AdmissionRequest], dict[str, Any]]
+INJECT_PATH = "/inject"
 
 
 def _outcome(review: dict[str, Any]) -> str:
@@ -33,7 +33,7 @@ def _outcome(review: dict[str, Any]) -> str:
     return "patched" if "patch" in response else "allowed"
 
 
-def _admission_view(path: str, handler: Handler, policy: Policy) -> Callable[[], Any]:
+def _admission_view(path: str, handler: Handler) -> Callable[[], Any]:
     def view() -> Any:
         started = time.perf_counter()
         try:
@@ -46,7 +46,7 @@ def _admission_view(path: str, handler: Handler, policy: Policy) -> Callable[[],
                   "operation": review.operation, "namespace": review.namespace,
                   "object": review.name, "dryRun": review.dry_run}
         try:
-            answer = handler(review, policy)
+            answer = handler(review)
         except Exception:
             # Not the caller's fault: a 500 makes the API server apply the failure policy.
             metrics.REQUESTS.labels(path, "error").inc()
@@ -63,24 +63,42 @@ def _admission_view(path: str, handler: Handler, policy: Policy) -> Callable[[],
 
 
 def create_app(policy: Policy | None = None, *,
+               registry: Registry | None = None,
+               injection_settings: InjectionSettings | None = None,
                max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                endpoints: dict[str, Handler] | None = None) -> Flask:
-    """The webhook's WSGI app for one cluster policy."""
+    """The webhook's WSGI app: VmGroup rules for one cluster policy, and injection of the
+    initializers in `registry` (kept current by a ConfigMap watch; empty when None)."""
     policy = policy or Policy()
+    if registry is None:
+        registry = Registry()
+        registry.replace([])
+    settings = injection_settings or InjectionSettings(
+        prefix="initializer.kubernetes.io/", excluded_namespaces=frozenset())
+
+    def inject(request: AdmissionRequest) -> dict[str, Any]:
+        return injection.handle(request, registry.snapshot(), settings)
+
+    handlers: dict[str, Handler] = endpoints or {
+        "/mutate/vmgroups": functools.partial(vmgroup.mutate, policy=policy),
+        "/validate/vmgroups": functools.partial(vmgroup.validate, policy=policy),
+        INJECT_PATH: inject,
+    }
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    for path, handler in (endpoints or ADMISSION_ENDPOINTS).items():
-        app.add_url_rule(path, view_func=_admission_view(path, handler, policy),
-                         methods=["POST"])
+    for path, handler in handlers.items():
+        app.add_url_rule(path, view_func=_admission_view(path, handler), methods=["POST"])
 
     @app.get("/healthz")
     def healthz() -> str:
         return "ok"
 
     @app.get("/readyz")
-    def readyz() -> str:
-        return "ok"
+    def readyz() -> tuple[str, int]:
+        # Not ready until the initializers are known: refusing a workload's annotation
+        # because the first list has not arrived yet would be wrong.
+        return ("ok", 200) if registry.synced.is_set() else ("initializers not synced", 503)
 
     @app.get("/metrics")
     def prometheus() -> Response:

@@ -13,6 +13,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -28,6 +29,13 @@ DURATION = Histogram(
     "Time to answer one admission request, from the body read to the response built.",
     ["endpoint"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+
+INITIALIZERS = Gauge(
+    "vmgroup_webhook_initializers",
+    "Initializers defined in the operator's namespace, by state (usable, broken).",
+    ["state"],
+    multiprocess_mode="livemax",  # every worker watches the same ConfigMaps
 )
 
 

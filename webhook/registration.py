@@ -10,12 +10,16 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
+from initializers.inject import DEFAULT_PREFIX
+
 from .vmgroup import GROUP, VERSION
 
 NAME = "vmgroup-operator"
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 TIMEOUT_SECONDS = 5
-MUTATE_PATH, VALIDATE_PATH = "/mutate/vmgroups", "/validate/vmgroups"
+MUTATE_PATH, VALIDATE_PATH, INJECT_PATH = "/mutate/vmgroups", "/validate/vmgroups", "/inject"
+# A namespace or an object labelled so is never injected.
+OPT_OUT_LABEL, OPT_OUT_VALUE = "initializer.kubernetes.io/injection", "disabled"
 
 ClientConfig = Callable[[str], dict[str, Any]]
 
@@ -26,16 +30,19 @@ def url_client_config(base_url: str, ca_pem: bytes) -> ClientConfig:
     return lambda path: {"url": base_url.rstrip("/") + path, "caBundle": bundle}
 
 
-def _webhook(name: str, path: str, resources: list[str], client_config: ClientConfig,
-             excluded: list[str]) -> dict[str, Any]:
+def _not_in(key: str, values: list[str]) -> dict[str, Any]:
+    return {"key": key, "operator": "NotIn", "values": values}
+
+
+def _webhook(name: str, path: str, rules: list[dict[str, Any]], client_config: ClientConfig,
+             excluded: list[str], *, failure_policy: str = "Fail") -> dict[str, Any]:
     return {
         "name": name,
         "clientConfig": client_config(path),
-        "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [GROUP],
-                   "apiVersions": [VERSION], "resources": resources, "scope": "Namespaced"}],
-        "namespaceSelector": {"matchExpressions": [{
-            "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": excluded}]},
-        "failurePolicy": "Fail",
+        "rules": rules,
+        "namespaceSelector": {"matchExpressions": [
+            _not_in("kubernetes.io/metadata.name", excluded)]},
+        "failurePolicy": failure_policy,
         "matchPolicy": "Equivalent",
         "sideEffects": "None",
         "timeoutSeconds": TIMEOUT_SECONDS,
@@ -43,24 +50,67 @@ def _webhook(name: str, path: str, resources: list[str], client_config: ClientCo
     }
 
 
-def vmgroup_configurations(client_config: ClientConfig, operator_namespace: str,
-                           name: str = NAME) -> list[dict[str, Any]]:
-    """The Mutating- and ValidatingWebhookConfiguration for VmGroups.
+def _rule(group: str, version: str, resources: list[str],
+          operations: tuple[str, ...] = ("CREATE", "UPDATE")) -> dict[str, Any]:
+    return {"operations": list(operations), "apiGroups": [group], "apiVersions": [version],
+            "resources": resources, "scope": "Namespaced"}
 
-    DELETE is not intercepted. Validation also covers vmgroups/scale, or `kubectl scale`
-    would bypass the replicas policy. The operator's own namespace and the system namespaces
-    are never sent to the webhook.
+
+def _asks_for_initializers(path: str, prefix: str) -> str:
+    """CEL: the annotations at `path` (a field path under `object`) name an initializer."""
+    steps = path.split(".")
+    present = " && ".join(f"has(object.{'.'.join(steps[:i + 1])})" for i in range(len(steps)))
+    return f"{present} && object.{path}.exists(k, k.startsWith('{prefix}'))"
+
+
+def _injection_webhooks(client_config: ClientConfig, excluded: list[str], prefix: str,
+                        failure_policy: str) -> list[dict[str, Any]]:
+    """Pods (CREATE) and workloads (their pod templates), called only for objects whose
+    annotations name an initializer (matchConditions), outside opted-out namespaces/objects."""
+    opt_out = _not_in(OPT_OUT_LABEL, [OPT_OUT_VALUE])
+    on_object = _asks_for_initializers("metadata.annotations", prefix)
+    on_template = _asks_for_initializers("spec.template.metadata.annotations", prefix)
+    pods = _webhook(f"inject.pods.{GROUP}", INJECT_PATH, [_rule("", "v1", ["pods"], ("CREATE",))],
+                    client_config, excluded, failure_policy=failure_policy)
+    pods["matchConditions"] = [{"name": "asks-for-initializers", "expression": on_object}]
+    workloads = _webhook(
+        f"inject.workloads.{GROUP}", INJECT_PATH,
+        [_rule("apps", "v1", ["deployments", "statefulsets", "daemonsets", "replicasets"]),
+         _rule("batch", "v1", ["jobs"], ("CREATE",))],
+        client_config, excluded, failure_policy=failure_policy)
+    workloads["matchConditions"] = [{"name": "asks-for-initializers",
+                                     "expression": f"({on_object}) || ({on_template})"}]
+    for hook in (pods, workloads):
+        hook["namespaceSelector"]["matchExpressions"].append(opt_out)
+        hook["objectSelector"] = {"matchExpressions": [opt_out]}
+        hook["reinvocationPolicy"] = "IfNeeded"
+    return [pods, workloads]
+
+
+def configurations(client_config: ClientConfig, operator_namespace: str, *,
+                   prefix: str = DEFAULT_PREFIX, injection_failure_policy: str = "Ignore",
+                   name: str = NAME) -> list[dict[str, Any]]:
+    """The Mutating- and ValidatingWebhookConfiguration of the operator.
+
+    VmGroups: defaulting and validation, failurePolicy Fail; DELETE is not intercepted, and
+    validation also covers vmgroups/scale, or `kubectl scale` would bypass the replicas policy.
+    Injection: failurePolicy `injection_failure_policy` (an outage of ours must not stop every
+    workload by default; an explicit refusal from us still refuses). The operator's namespace
+    and the system namespaces are never sent to the webhook.
     """
     excluded = [operator_namespace, *SYSTEM_NAMESPACES]
-    mutating = _webhook(f"mutate.vmgroups.{GROUP}", MUTATE_PATH, ["vmgroups"], client_config,
-                        excluded)
+    mutating = _webhook(f"mutate.vmgroups.{GROUP}", MUTATE_PATH,
+                        [_rule(GROUP, VERSION, ["vmgroups"])], client_config, excluded)
     mutating["reinvocationPolicy"] = "IfNeeded"  # defaults again if a later webhook unsets them
     validating = _webhook(f"validate.vmgroups.{GROUP}", VALIDATE_PATH,
-                          ["vmgroups", "vmgroups/scale"], client_config, excluded)
+                          [_rule(GROUP, VERSION, ["vmgroups", "vmgroups/scale"])],
+                          client_config, excluded)
+    injecting = _injection_webhooks(client_config, excluded, prefix, injection_failure_policy)
     meta = {"name": name, "labels": {"app.kubernetes.io/name": NAME}}
     return [
         {"apiVersion": "admissionregistration.k8s.io/v1",
-         "kind": "MutatingWebhookConfiguration", "metadata": meta, "webhooks": [mutating]},
+         "kind": "MutatingWebhookConfiguration", "metadata": meta,
+         "webhooks": [mutating, *injecting]},
         {"apiVersion": "admissionregistration.k8s.io/v1",
          "kind": "ValidatingWebhookConfiguration", "metadata": meta, "webhooks": [validating]},
     ]

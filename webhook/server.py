@@ -19,7 +19,11 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from initializers.inject import DEFAULT_PREFIX
+from initializers.registry import Registry
+
 from . import logs
+from .registration import SYSTEM_NAMESPACES
 from .vmgroup import Policy
 
 log = logging.getLogger("vmgroup.webhook")
@@ -37,6 +41,10 @@ class ServerSettings:
     max_request_bytes: int = 8 * 1024 * 1024
     log_level: str = "info"
     policy: Policy = field(default_factory=Policy)
+    # Initializers: the namespace whose ConfigMaps define them (None: no watch, none known).
+    namespace: str | None = None
+    kubeconfig: str | None = None  # None: the Pod's own service account
+    initializer_prefix: str = DEFAULT_PREFIX
 
 
 class ReloadingTLSContext:
@@ -121,6 +129,43 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from .app import create_app  # noqa: PLC0415 - in the worker, after the metrics dir is set
+        # In the worker, after the fork (threads do not survive one) and after the metrics
+        # directory is set (prometheus_client reads it on import).
+        from .app import create_app  # noqa: PLC0415
+        from .injection import InjectionSettings  # noqa: PLC0415
 
-        return create_app(self.settings.policy, max_request_bytes=self.settings.max_request_bytes)
+        settings = self.settings
+        excluded = frozenset({*SYSTEM_NAMESPACES, *([settings.namespace] if settings.namespace
+                                                     else [])})
+        return create_app(
+            settings.policy, registry=start_initializer_watch(settings),
+            injection_settings=InjectionSettings(settings.initializer_prefix, excluded),
+            max_request_bytes=settings.max_request_bytes)
+
+
+def start_initializer_watch(settings: ServerSettings) -> Registry:
+    """A Registry fed by a ConfigMap watch in this worker (empty without a namespace)."""
+    registry = Registry()
+    if not settings.namespace:
+        registry.replace([])
+        return registry
+    from kubernetes import client, config  # noqa: PLC0415 - only workers that watch pay for it
+
+    from initializers.watch import ConfigMapWatcher  # noqa: PLC0415
+
+    from . import metrics  # noqa: PLC0415
+
+    if settings.kubeconfig:
+        api = config.new_client_from_config(config_file=settings.kubeconfig)
+    else:
+        config.load_incluster_config()
+        api = client.ApiClient()
+
+    def count() -> None:
+        snapshot = registry.snapshot()
+        metrics.INITIALIZERS.labels("usable").set(len(snapshot.usable))
+        metrics.INITIALIZERS.labels("broken").set(len(snapshot.broken))
+
+    ConfigMapWatcher(client.CoreV1Api(api), settings.namespace, registry,
+                     on_change=count).start()
+    return registry

@@ -89,7 +89,7 @@ def test_webhook_rules_are_those_of_registration_py(helm: Helm) -> None:
     docs = _render(helm)
     mutating = _by_kind(docs, "MutatingWebhookConfiguration")[0]["webhooks"][0]
     client_config = mutating["clientConfig"]
-    expected = registration.vmgroup_configurations(lambda path: {}, NAMESPACE)
+    expected = registration.configurations(lambda path: {}, NAMESPACE)
     for want in expected:
         (got,) = _by_kind(docs, want["kind"])
         for hook in [*got["webhooks"], *want["webhooks"]]:

@@ -325,7 +325,7 @@ class Webhook:
 
     def register(self, kubeconfig: Path, operator_namespace: str) -> None:
         """Register by URL with a caBundle, as the local stack does (the chart uses a Service)."""
-        configs = registration.vmgroup_configurations(
+        configs = registration.configurations(
             registration.url_client_config(self.url, self.ca.read_bytes()), operator_namespace)
         kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", "-",
                 stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": configs}))

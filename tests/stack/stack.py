@@ -91,6 +91,9 @@ class LocalStack:
         """Start vmgroup-webhook with `args` and register it with this stack's API server."""
         if self.apiserver is None:
             raise RuntimeError("a webhook needs the API server: start the stack with kube=True")
+        # Initializers are read from the operator's namespace, with the admin's credentials
+        # here (the chart gives the webhook a Role of its own).
+        args = [f"--namespace={operator_namespace}", f"--kubeconfig={self.kubeconfig}", *args]
         webhook = Webhook(self.pki.ca, self.pki.pair("webhook"), self.log_dir, args)
         self.webhook = webhook  # from now on stop() stops it too
         webhook.start()

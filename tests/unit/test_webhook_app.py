@@ -15,10 +15,9 @@ from webhook import __main__ as cli
 from webhook.admission import AdmissionRequest
 from webhook.app import create_app
 from webhook.server import ReloadingTLSContext, ServerSettings, gunicorn_options
-from webhook.vmgroup import Policy
 
 
-def _boom(request: AdmissionRequest, policy: Policy) -> dict[str, Any]:
+def _boom(request: AdmissionRequest) -> dict[str, Any]:
     raise RuntimeError("bug")
 
 
