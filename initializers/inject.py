@@ -50,7 +50,9 @@ def requested(annotation_maps: Iterable[Mapping[str, Any] | None], prefix: str,
     done: set[str] = set()
     problems = []
     for annotation_map in annotation_maps:
-        for key, value in (annotation_map or {}).items():
+        if not isinstance(annotation_map, Mapping):
+            continue  # absent (or, from a hand-made request, not a map): asks for nothing
+        for key, value in annotation_map.items():
             if key == STATUS_ANNOTATION and isinstance(value, str):
                 done.update(n for n in value.split(",") if n)
             if not key.startswith(prefix):

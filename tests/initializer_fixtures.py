@@ -21,8 +21,7 @@ LOGGING_AGENT: dict[str, Any] = {
 def configmap(name: str, config: dict[str, Any] | str, namespace: str = "vmgroup-system",
               labels: dict[str, str] | None = None) -> dict[str, Any]:
     text = config if isinstance(config, str) else yaml.safe_dump(config)
-    meta: dict[str, Any] = {"name": name, "namespace": namespace,
-                            "resourceVersion": "1", "uid": "u-" + name}
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
     if labels:
         meta["labels"] = labels
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"config": text}}

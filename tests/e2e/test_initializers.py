@@ -1,0 +1,198 @@
+"""Initializer injection through the real API server to the real webhook, driven with kubectl:
+ConfigMaps picked up live by every gunicorn worker, Pods and Deployments injected."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from initializers.inject import STATUS_ANNOTATION
+from tests.conftest import Kubectl
+from tests.initializer_fixtures import LOGGING_AGENT, configmap, deployment, pod
+from tests.stack import poll
+from tests.stack.components import Webhook
+
+pytestmark = pytest.mark.kube
+
+OPERATOR_NS = "vmgroup-system"
+ASK = {"initializer.kubernetes.io/logging-agent": "true"}
+
+
+
+def _create(kubectl: Kubectl, namespace: str, obj: dict[str, Any], *args: str,
+            check: bool = True) -> Any:
+    return kubectl("create", "-n", namespace, "-f", "-", "-o", "json", *args,
+                   stdin=json.dumps(obj), check=check)
+
+
+def _dry_run_pod(kubectl: Kubectl, namespace: str, annotations: dict[str, str]) -> Any:
+    result = _create(kubectl, namespace, pod("probe", annotations), "--dry-run=server",
+                     check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else result.stderr
+
+
+@pytest.fixture(scope="session")
+def operator_namespace(kubectl: Kubectl, vmgroup_webhook: Webhook) -> str:
+    kubectl("create", "namespace", OPERATOR_NS, check=False)
+    return OPERATOR_NS
+
+
+@pytest.fixture
+def logging_agent(kubectl: Kubectl, operator_namespace: str, namespace: str) -> Iterator[str]:
+    """The ConfigMap of the original pattern, known to the webhook before the test starts."""
+    kubectl("apply", "-f", "-", stdin=json.dumps(
+        configmap("logging-agent-initializer", LOGGING_AGENT, operator_namespace)))
+
+    def known() -> bool:
+        answer = _dry_run_pod(kubectl, namespace, ASK)
+        return isinstance(answer, dict) and len(answer["spec"]["containers"]) == 2
+
+    poll(known, timeout=20, what="the webhook to pick up the initializer")
+    yield "logging-agent"
+    kubectl("delete", "configmap", "-n", operator_namespace, "logging-agent-initializer",
+            "--ignore-not-found")
+
+
+def test_deployment_of_the_original_pattern_gets_the_sidecar(
+        kubectl: Kubectl, logging_agent: str, namespace: str) -> None:
+    created = json.loads(_create(kubectl, namespace, deployment("web", annotations=ASK)).stdout)
+    template = created["spec"]["template"]
+    assert [c["name"] for c in template["spec"]["containers"]] == ["app", "logging-agent"]
+    assert [c["name"] for c in template["spec"]["initContainers"]] == ["log-setup"]
+    assert template["spec"]["volumes"][0]["name"] == "varlog"
+    assert {"name": "varlog", "mountPath": "/var/log"} in \
+        template["spec"]["containers"][0]["volumeMounts"]
+    assert template["metadata"]["annotations"][STATUS_ANNOTATION] == "logging-agent"
+
+    # kube-controller-manager makes a ReplicaSet of it, and the webhook leaves that alone.
+    def replica_set() -> dict[str, Any] | None:
+        items = json.loads(kubectl("get", "rs", "-n", namespace, "-o", "json").stdout)["items"]
+        return items[0] if items else None
+
+    rs = poll(replica_set, timeout=30, what="the Deployment's ReplicaSet")
+    assert [c["name"] for c in rs["spec"]["template"]["spec"]["containers"]] == [
+        "app", "logging-agent"]
+
+
+def test_annotated_pod_gets_sidecar_and_init_container(kubectl: Kubectl, logging_agent: str,
+                                                       namespace: str) -> None:
+    created = json.loads(_create(kubectl, namespace, pod("app", ASK)).stdout)
+    assert [c["name"] for c in created["spec"]["containers"]] == ["app", "logging-agent"]
+    assert [c["name"] for c in created["spec"]["initContainers"]] == ["log-setup"]
+    assert created["status"]["phase"] == "Pending"  # no nodes here
+
+
+def test_unannotated_pod_is_not_even_sent_to_the_webhook(
+        kubectl: Kubectl, logging_agent: str, namespace: str, vmgroup_webhook: Webhook) -> None:
+    created = json.loads(_create(kubectl, namespace, pod("plain")).stdout)
+    assert [c["name"] for c in created["spec"]["containers"]] == ["app"]
+    assert STATUS_ANNOTATION not in (created["metadata"].get("annotations") or {})
+    log = vmgroup_webhook.process.log_path.read_text()
+    assert not any('"object": "plain"' in line and namespace in line
+                   for line in log.splitlines())  # matchConditions kept it from us
+
+
+def test_unknown_initializer_is_refused_with_our_message(kubectl: Kubectl, logging_agent: str,
+                                                         namespace: str) -> None:
+    result = _create(kubectl, namespace, pod("x", {"initializer.kubernetes.io/envoy": "true"}),
+                     check=False)
+    assert result.returncode == 1
+    assert ('admission webhook "inject.pods.vm.codeconnect.vmworld.com" denied the request: '
+            "annotation initializer.kubernetes.io/envoy: no initializer named 'envoy' "
+            "(known initializers: logging-agent)") in result.stderr
+
+
+def test_editing_the_configmap_changes_the_next_pod_without_restart(
+        kubectl: Kubectl, logging_agent: str, namespace: str, vmgroup_webhook: Webhook) -> None:
+    workers = vmgroup_webhook.process.pid
+    edited = {**LOGGING_AGENT, "containers": [
+        {**LOGGING_AGENT["containers"][0], "image": "fluent/fluent-bit:4.0"}]}
+    kubectl("apply", "-f", "-", stdin=json.dumps(
+        configmap("logging-agent-initializer", edited, OPERATOR_NS)))
+
+    def new_image() -> bool:  # several requests, so every worker is asked
+        answers = [_dry_run_pod(kubectl, namespace, ASK) for _ in range(4)]
+        return all(isinstance(a, dict) and a["spec"]["containers"][1]["image"]
+                   == "fluent/fluent-bit:4.0" for a in answers)
+
+    poll(new_image, timeout=20, what="every worker to serve the edited initializer")
+    assert vmgroup_webhook.process.pid == workers
+
+    kubectl("delete", "configmap", "-n", OPERATOR_NS, "logging-agent-initializer")
+    poll(lambda: "no initializer named 'logging-agent'" in str(
+        _dry_run_pod(kubectl, namespace, ASK)), timeout=20, what="the deletion to be seen")
+
+
+def test_server_dry_run_injects_without_storing(kubectl: Kubectl, logging_agent: str,
+                                                namespace: str) -> None:
+    answer = _dry_run_pod(kubectl, namespace, ASK)
+    assert [c["name"] for c in answer["spec"]["containers"]] == ["app", "logging-agent"]
+    assert "NotFound" in kubectl("get", "pod", "probe", "-n", namespace, check=False).stderr
+
+
+def test_namespace_can_opt_out(kubectl: Kubectl, logging_agent: str, namespace: str) -> None:
+    kubectl("label", "namespace", namespace, "initializer.kubernetes.io/injection=disabled")
+    created = json.loads(_create(kubectl, namespace, pod("app", ASK)).stdout)
+    assert [c["name"] for c in created["spec"]["containers"]] == ["app"]
+
+
+def test_invalid_configmap_is_reported_and_not_used(
+        kubectl: Kubectl, operator_namespace: str, namespace: str,
+        vmgroup_webhook: Webhook, webhook_http: requests.Session) -> None:
+    kubectl("apply", "-f", "-", stdin=json.dumps(
+        configmap("broken-initializer", {"containers": [{"name": "x"}]}, operator_namespace)))
+    try:
+        def event() -> str | None:
+            out = kubectl("get", "events", "-n", operator_namespace, "-o", "json",
+                          "--field-selector", "involvedObject.name=broken-initializer").stdout
+            items = json.loads(out)["items"]
+            return items[0]["message"] if items else None
+
+        message = poll(event, timeout=20, what="a Warning Event on the ConfigMap")
+        assert message == "containers[0].image must be a non-empty string"
+        refused = _create(kubectl, namespace, pod("x", {"initializer.kubernetes.io/broken":
+                                                        "true"}), check=False)
+        assert "initializer 'broken' is defined but unusable: containers[0].image" in \
+            refused.stderr
+        metrics = webhook_http.get(vmgroup_webhook.url + "/metrics").text
+        assert 'vmgroup_webhook_initializers{state="broken"} 1.0' in metrics
+    finally:
+        kubectl("delete", "configmap", "-n", operator_namespace, "broken-initializer")
+
+
+# --- hypothesis: random Pods through the real API server -------------------------------------
+
+names = st.from_regex(r"[a-z]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+containers = st.lists(st.builds(lambda n, img: {"name": n, "image": img}, names,
+                                st.sampled_from(["nginx", "busybox:1.36"])),
+                      min_size=1, max_size=3, unique_by=lambda c: c["name"])
+volumes = st.lists(st.builds(lambda n: {"name": n, "emptyDir": {}},
+                             names | st.just("varlog")), max_size=2, unique_by=lambda v: v["name"])
+annotation_values = st.sampled_from(["true", "false", "yes", "", "TRUE"]) | st.text(max_size=5)
+annotations = st.dictionaries(
+    st.sampled_from(["initializer.kubernetes.io/logging-agent", "initializer.kubernetes.io/x",
+                     "example.com/other", STATUS_ANNOTATION]), annotation_values, max_size=3)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(containers=containers, volumes=volumes, annotations=annotations)
+def test_random_pods_never_get_a_patch_the_api_server_rejects(
+        kubectl: Kubectl, logging_agent: str, namespace: str, containers: list[Any],
+        volumes: list[Any], annotations: dict[str, str]) -> None:
+    manifest = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "random", "annotations": annotations},
+                "spec": {"containers": containers, "volumes": volumes}}
+    result = _create(kubectl, namespace, manifest, "--dry-run=server", check=False)
+    if result.returncode == 0:
+        return
+    # Refusals must be ours and deliberate, never a broken patch or a failed call.
+    assert "denied the request" in result.stderr, result.stderr
+    for sign in ("failed calling webhook", "JSON patch", "jsonpatch", "Internal error"):
+        assert sign not in result.stderr, result.stderr
