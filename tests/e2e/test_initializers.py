@@ -175,14 +175,14 @@ containers = st.lists(st.builds(lambda n, img: {"name": n, "image": img}, names,
 volumes = st.lists(st.builds(lambda n: {"name": n, "emptyDir": {}},
                              names | st.just("varlog")), max_size=2, unique_by=lambda v: v["name"])
 annotation_values = st.sampled_from(["true", "false", "yes", "", "TRUE"]) | st.text(max_size=5)
-annotations = st.dictionaries(
+random_annotations = st.dictionaries(
     st.sampled_from(["initializer.kubernetes.io/logging-agent", "initializer.kubernetes.io/x",
                      "example.com/other", STATUS_ANNOTATION]), annotation_values, max_size=3)
 
 
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(containers=containers, volumes=volumes, annotations=annotations)
+@given(containers=containers, volumes=volumes, annotations=random_annotations)
 def test_random_pods_never_get_a_patch_the_api_server_rejects(
         kubectl: Kubectl, logging_agent: str, namespace: str, containers: list[Any],
         volumes: list[Any], annotations: dict[str, str]) -> None:

@@ -32,18 +32,18 @@ items = st.lists(st.fixed_dictionaries({"name": names}, optional={
     "volumeMounts": st.lists(st.fixed_dictionaries({
         "name": names, "mountPath": st.sampled_from(["/var/log", "/data"])}), max_size=2),
     "emptyDir": st.just({})}), max_size=3) | json_values
-annotations = st.dictionaries(st.sampled_from([
+random_annotations = st.dictionaries(st.sampled_from([
     "initializer.kubernetes.io/logging-agent", "initializer.kubernetes.io/broken",
     "initializer.kubernetes.io/nope", "vm.codeconnect.vmworld.com/injected-initializers", "a/b"]),
     st.sampled_from(["true", "false", "logging-agent", "maybe"]), max_size=3) | json_values
 pod_specs = st.fixed_dictionaries({}, optional={"containers": items, "initContainers": items,
                                                 "volumes": items})
 pods = st.builds(lambda a, s: {"metadata": {"name": "p", "annotations": a}, "spec": s},
-                 annotations, pod_specs)
+                 random_annotations, pod_specs)
 workloads = st.builds(lambda a, ta, s: {"metadata": {"name": "w", "annotations": a},
                                         "spec": {"template": {"metadata": {"annotations": ta},
                                                               "spec": s}}},
-                      annotations, annotations, pod_specs)
+                      random_annotations, random_annotations, pod_specs)
 
 
 @settings(max_examples=1500, deadline=None)
