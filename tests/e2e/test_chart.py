@@ -16,6 +16,7 @@ from cryptography import x509
 
 from tests.stack import REPO, LocalStack, bin_dir, binary, poll
 from tests.stack.components import kubectl
+from initializers.spec import initializer_name, parse
 from webhook import registration
 
 pytestmark = pytest.mark.kube
@@ -31,6 +32,8 @@ TOGGLES = {
         "--set", "webhook.certManager.issuerRef.kind=ClusterIssuer"],
     "no-pdb-one-replica": ["--set", "webhook.podDisruptionBudget.enabled=false",
                            "--set", "webhook.replicas=1"],
+    "initializers": ["--set", "initializers.configs.logging-agent.enabled=true",
+                     "--set", "initializers.failurePolicy=Fail"],
     "policy": ["--set", "webhook.policy.maxCpu=8", "--set",
                "webhook.policy.defaultTemplate=golden", "--set",
                "webhook.excludedNamespaces={team-x}"],
@@ -76,12 +79,24 @@ def test_lint_strict(helm: Helm, toggle: str) -> None:
     (["--set", "webhook.polcy.maxCpu=3"], "additional properties 'polcy' not allowed"),
     (["--set", "webhook.policy.defaultTemplate=a/b"], "at '/webhook/policy/defaultTemplate'"),
     (["--set", "webhook.timeoutSeconds=31"], "at '/webhook/timeoutSeconds': maximum"),
+    (["--set", "initializers.failurePolicy=Sometimes"], "at '/initializers/failurePolicy'"),
+    (["--set", "initializers.prefix=no-slash"], "at '/initializers/prefix'"),
+    (["--set", "initializers.configs.Bad_Name.config.x=1"], "at '/initializers/configs'"),
 ])
 def test_wrong_values_are_refused_by_the_schema(helm: Helm, values: list[str],
                                                 message: str) -> None:
     result = helm("template", RELEASE, str(CHART), *values, check=False)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_initializers_from_values_are_valid_initializers(helm: Helm) -> None:
+    docs = _render(helm, *TOGGLES["initializers"])
+    (cm,) = _by_kind(docs, "ConfigMap")
+    name = initializer_name(cm)
+    assert name == "logging-agent"
+    assert parse(name, cm).containers[0]["name"] == "logging-agent"
+    assert not _by_kind(_render(helm), "ConfigMap")  # the example is off by default
 
 
 def test_webhook_rules_are_those_of_registration_py(helm: Helm) -> None:
@@ -106,7 +121,7 @@ def test_pods_are_locked_down_by_default(helm: Helm) -> None:
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is True  # the ConfigMap watch; see the RBAC test
     (container,) = pod["containers"]
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
@@ -169,7 +184,14 @@ def test_install_upgrade_keeps_certificates_uninstall_removes(helm: Helm, cluste
                     "vgo-vmgroup-operator-webhook")["spec"]["replicas"] == 3
 
         who = f"--as=system:serviceaccount:{NAMESPACE}:vgo-vmgroup-operator-webhook"
+        for verb in ("get", "list", "watch"):
+            assert kubectl(cluster, "auth", "can-i", verb, "configmaps", "-n", NAMESPACE,
+                           who).strip() == "yes"
+        assert kubectl(cluster, "auth", "can-i", "create", "events", "-n", NAMESPACE,
+                       who).strip() == "yes"
         for verb, resource, namespace in [("get", "secrets", NAMESPACE),
+                                          ("list", "configmaps", "default"),
+                                          ("update", "configmaps", NAMESPACE),
                                           ("list", "secrets", "default"),
                                           ("list", "pods", NAMESPACE),
                                           ("create", "pods", "default"),
