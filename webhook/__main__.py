@@ -15,6 +15,7 @@ from importlib.metadata import version
 
 from initializers.inject import DEFAULT_PREFIX
 
+from .server import ServerSettings, WebhookServer
 from .vmgroup import Policy
 
 ENV_PREFIX = "VMGROUP_WEBHOOK_"
@@ -25,7 +26,7 @@ def _env(flag: str, default: object) -> object:
 
 
 def parser() -> argparse.ArgumentParser:
-    defaults = Policy()
+    defaults, server = Policy(), ServerSettings(cert_file="", key_file="")
     p = argparse.ArgumentParser(
         prog="vmgroup-webhook",
         description="Admission webhook of vmgroup-operator: defaults and validates VmGroups.",
@@ -39,10 +40,10 @@ def parser() -> argparse.ArgumentParser:
 
     add("tls-cert-file", None, "PEM certificate to serve (re-read when it changes)")
     add("tls-key-file", None, "PEM key of the certificate (re-read when it changes)")
-    add("bind", "0.0.0.0:8443", "address to listen on (default: %(default)s)")
-    add("workers", 2, "gunicorn worker processes (default: %(default)s)", int)
-    add("threads", 4, "threads per worker (default: %(default)s)", int)
-    add("max-request-bytes", 8 * 1024 * 1024,
+    add("bind", server.bind, "address to listen on (default: %(default)s)")
+    add("workers", server.workers, "gunicorn worker processes (default: %(default)s)", int)
+    add("threads", server.threads, "threads per worker (default: %(default)s)", int)
+    add("max-request-bytes", server.max_request_bytes,
         "largest request body accepted (default: %(default)s)", int)
     add("max-cpu", defaults.max_cpu, "policy: most vCPUs per VM (default: %(default)s)", int)
     add("max-memory", defaults.max_memory,
@@ -61,6 +62,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if not args.tls_cert_file or not args.tls_key_file:
+        # Never fall back to plain HTTP: an empty setting is a mistake, not a choice.
+        print("vmgroup-webhook: --tls-cert-file and --tls-key-file must not be empty",
+              file=sys.stderr)
+        return 2
     try:
         policy = Policy(max_cpu=args.max_cpu, max_memory=args.max_memory,
                         max_replicas=args.max_replicas,
@@ -68,11 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"vmgroup-webhook: {exc}", file=sys.stderr)
         return 2
-    # Workers share metrics through files here; it must exist, empty, before any worker starts.
+    # Workers share metrics through files here; it must exist, empty, before any worker starts
+    # (and before prometheus_client is imported: the workers import it in WebhookServer.load).
     own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    master = os.getpid()
     if own_metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vmgroup-webhook-")
-    from .server import ServerSettings, WebhookServer  # noqa: PLC0415 - after the env is set
 
     settings = ServerSettings(
         cert_file=args.tls_cert_file, key_file=args.tls_key_file, bind=args.bind,
@@ -82,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         WebhookServer(settings).run()
     finally:
-        if own_metrics_dir:
+        # Workers leave through SystemExit too, and pass here: only the master may clean up,
+        # or one exiting worker would take the live workers' metrics files with it.
+        if own_metrics_dir and os.getpid() == master:
             shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     return 0
 

@@ -20,6 +20,7 @@ API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
 OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 MAX_WARNING_LENGTH = 120  # what the API docs ask of a warning; past 256 it may be truncated
+DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024  # an UPDATE carries object + oldObject, 1.5 MiB each
 
 
 class BadReview(ValueError):
@@ -53,6 +54,12 @@ class AdmissionRequest:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """`value` for a message: whatever a caller sent, it never makes a message long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _str(value: Any, what: str, *, required: bool = False) -> str:
     if value is None and not required:
         return ""
@@ -76,12 +83,14 @@ def parse_review(body: bytes | str) -> AdmissionRequest:
         review = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadReview(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadReview("request body is nested too deeply") from None
     if not isinstance(review, dict):
         raise BadReview("request body must be a JSON object (an AdmissionReview)")
     api_version, kind = review.get("apiVersion"), review.get("kind")
     if api_version != API_VERSION or kind != KIND:
         raise BadReview(f"expected apiVersion {API_VERSION!r} and kind {KIND!r}, "
-                        f"got {api_version!r} and {kind!r}")
+                        f"got {_short(api_version)} and {_short(kind)}")
     request = review.get("request")
     if not isinstance(request, dict):
         raise BadReview("AdmissionReview has no request object")
@@ -89,7 +98,7 @@ def parse_review(body: bytes | str) -> AdmissionRequest:
     operation = request.get("operation")
     if operation not in OPERATIONS:
         raise BadReview(f"request.operation must be one of {sorted(OPERATIONS)}, "
-                        f"got {operation!r}")
+                        f"got {_short(operation)}")
     gvk = _obj(request.get("kind"), "request.kind") or {}
     dry_run = request.get("dryRun", False)
     if not isinstance(dry_run, bool):

@@ -14,13 +14,11 @@ from werkzeug.exceptions import HTTPException
 from initializers.registry import Registry
 
 from . import injection, metrics, vmgroup
-from .admission import AdmissionRequest, BadReview, parse_review
+from .admission import DEFAULT_MAX_REQUEST_BYTES, AdmissionRequest, BadReview, parse_review
 from .injection import InjectionSettings
 from .vmgroup import Policy
 
 log = logging.getLogger("vmgroup.webhook")
-
-DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024  # an UPDATE carries object + oldObject, 1.5 MiB each
 
 Handler = Callable[[AdmissionRequest], dict[str, Any]]
 INJECT_PATH = "/inject"
@@ -47,6 +45,9 @@ def _admission_view(path: str, handler: Handler) -> Callable[[], Any]:
                   "object": review.name, "dryRun": review.dry_run}
         try:
             answer = handler(review)
+        except RecursionError:
+            metrics.REQUESTS.labels(path, "bad_request").inc()
+            return jsonify(error="request object is nested too deeply"), 400
         except Exception:
             # Not the caller's fault: a 500 makes the API server apply the failure policy.
             metrics.REQUESTS.labels(path, "error").inc()

@@ -106,11 +106,13 @@ def configurations(client_config: ClientConfig, operator_namespace: str, *,
                           [_rule(GROUP, VERSION, ["vmgroups", "vmgroups/scale"])],
                           client_config, excluded)
     injecting = _injection_webhooks(client_config, excluded, prefix, injection_failure_policy)
-    meta = {"name": name, "labels": {"app.kubernetes.io/name": NAME}}
+    def meta() -> dict[str, Any]:  # a copy each: changing one must not change the other
+        return {"name": name, "labels": {"app.kubernetes.io/name": NAME}}
+
     return [
         {"apiVersion": "admissionregistration.k8s.io/v1",
-         "kind": "MutatingWebhookConfiguration", "metadata": meta,
+         "kind": "MutatingWebhookConfiguration", "metadata": meta(),
          "webhooks": [mutating, *injecting]},
         {"apiVersion": "admissionregistration.k8s.io/v1",
-         "kind": "ValidatingWebhookConfiguration", "metadata": meta, "webhooks": [validating]},
+         "kind": "ValidatingWebhookConfiguration", "metadata": meta(), "webhooks": [validating]},
     ]

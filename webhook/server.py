@@ -23,6 +23,7 @@ from initializers.inject import DEFAULT_PREFIX
 from initializers.registry import Registry
 
 from . import logs
+from .admission import DEFAULT_MAX_REQUEST_BYTES
 from .registration import SYSTEM_NAMESPACES
 from .vmgroup import Policy
 
@@ -36,9 +37,11 @@ class ServerSettings:
     bind: str = "0.0.0.0:8443"  # the API server calls in from outside the Pod
     workers: int = 2
     threads: int = 4
-    keepalive: int = 60  # seconds an idle API server connection is kept
+    # Longer than the API server's client keeps idle connections (90 s), so it is always the
+    # client that closes one: never a request racing our close.
+    keepalive: int = 120
     graceful_timeout: int = 20
-    max_request_bytes: int = 8 * 1024 * 1024
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     log_level: str = "info"
     policy: Policy = field(default_factory=Policy)
     # Initializers: the namespace whose ConfigMaps define them (None: no watch, none known).
@@ -66,10 +69,11 @@ class ReloadingTLSContext:
 
     def get(self, factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         with self._lock:
-            stamp, context = self._current_stamp(), self._context
-            if context is not None and stamp == self._stamp:
-                return context
+            context = self._context
             try:
+                stamp = self._current_stamp()
+                if context is not None and stamp == self._stamp:
+                    return context
                 fresh = factory()
             except (ssl.SSLError, OSError):
                 if context is None:

@@ -77,25 +77,34 @@ def template_problem(template: str) -> str | None:
     return None
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one (bad shapes are reported elsewhere)."""
+    return value if isinstance(value, dict) else {}
+
+
 # --- defaulting ------------------------------------------------------------------------------
 
-def apply_defaults(group: Mapping[str, Any], policy: Policy) -> tuple[dict[str, Any], list[str]]:
+def apply_defaults(group: Mapping[str, Any], policy: Policy,
+                   old: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
     """The group with every unset spec field defaulted, and warnings for the user.
 
-    A spec that is not an object is left alone for validation to refuse with a message.
+    On UPDATE (`old` given) an unset field keeps the value it had: a PUT that leaves a field
+    out must not reset it, nor meet a default that changed since the group was created. A spec
+    that is not an object is left alone for validation to refuse with a message.
     """
     result = copy.deepcopy(dict(group))
     spec = result.setdefault("spec", {})
     if not isinstance(spec, dict):
         return result, []
-    for field, value in DEFAULTS.items():
+    previous = _dict(_dict(old).get("spec"))
+    for field, value in (*DEFAULTS.items(), ("template", policy.default_template)):
         if spec.get(field) is None:
-            spec[field] = value
+            spec[field] = previous.get(field, value)
     warnings = []
-    if spec.get("template") is None and policy.default_template:
-        spec["template"] = policy.default_template
-        warnings.append(f"spec.template not set: using the cluster default "
-                        f"{policy.default_template!r}")
+    if spec.get("template") is None:
+        del spec["template"]  # no default configured: validation asks for one
+    elif "template" not in _dict(group.get("spec")) and "template" not in previous:
+        warnings.append(f"spec.template not set: using {spec['template']!r}")
     return result, warnings
 
 
@@ -141,11 +150,6 @@ def _name_errors(namespace: str, name: str, replicas: Any) -> list[FieldError]:
         f"{MAX_VSPHERE_NAME}: shorten the group or namespace name", name)]
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    """`value` if it is a JSON object, else an empty one (bad shapes are reported elsewhere)."""
-    return value if isinstance(value, dict) else {}
-
-
 def _object_name(obj: Mapping[str, Any], request: AdmissionRequest) -> tuple[str, str]:
     """(namespace, name) of the object; a generateName stands for the name the API server will
     make of it (the prefix and 5 random characters)."""
@@ -187,14 +191,16 @@ def validate_group(request: AdmissionRequest, policy: Policy) -> list[FieldError
 def validate_scale(request: AdmissionRequest, policy: Policy) -> list[FieldError]:
     """`kubectl scale vg` goes through the scale subresource: its replicas obey the same rules."""
     scale = request.object or {}
-    spec = _dict(scale.get("spec"))
-    errors = _range_errors(spec, ["replicas"], policy)
+    # autoscaling/v1 omits replicas when it is 0 (omitempty): `kubectl scale --replicas=0`.
+    spec = {"replicas": 0, **_dict(scale.get("spec"))}
+    old_spec = _dict(_dict(request.old_object).get("spec")) if request.old_object else None
+    errors = _range_errors(spec, ["replicas"], policy, old_spec)
     return errors + _name_errors(*_object_name(scale, request), spec.get("replicas"))
 
 
 def warnings_for(request: AdmissionRequest) -> list[str]:
-    spec = (request.object or {}).get("spec")
-    if isinstance(spec, dict) and spec.get("replicas") == 0:
+    spec = _dict((request.object or {}).get("spec"))
+    if spec.get("replicas", 0 if request.kind == SCALE else None) == 0:
         return ["spec.replicas is 0: the group will have no VMs"]
     return []
 
@@ -212,7 +218,8 @@ def mutate(request: AdmissionRequest, policy: Policy) -> dict[str, Any]:
         return _wrong_kind(request, VMGROUP)
     if request.operation not in ("CREATE", "UPDATE") or request.object is None:
         return allow(request.uid)
-    defaulted, warnings = apply_defaults(request.object, policy)
+    old = request.old_object if request.operation == "UPDATE" else None
+    defaulted, warnings = apply_defaults(request.object, policy, old)
     return allow(request.uid, patch=json_patch(request.object, defaulted), warnings=warnings)
 
 

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from cryptography import x509
 
+from initializers.spec import initializer_name, parse
 from tests.stack import REPO, LocalStack, bin_dir, binary, poll
 from tests.stack.components import kubectl
-from initializers.spec import initializer_name, parse
 from webhook import registration
 
 pytestmark = pytest.mark.kube

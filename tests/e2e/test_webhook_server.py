@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import ssl
@@ -108,6 +109,26 @@ def test_metrics_add_up_across_workers(vmgroup_webhook: Webhook) -> None:
         assert answer.json()["response"]["allowed"] is True
     assert {_counter(scrape(), "/validate/vmgroups", "allowed") - before
             for _ in range(6)} == {20}
+
+
+def test_a_worker_that_exits_is_replaced_and_nothing_is_lost(
+        vmgroup_webhook: Webhook) -> None:
+    """A worker leaving (SIGTERM: gunicorn's way to retire one) must not take the shared
+    metrics with it: every worker still answers admissions and /metrics afterwards."""
+    before = _worker_pids(vmgroup_webhook)
+    retired = min(before)
+    os.kill(retired, signal.SIGTERM)
+    poll(lambda: len(after := _worker_pids(vmgroup_webhook)) == len(before)
+         and retired not in after, timeout=30, what="gunicorn to replace the worker")
+    for _ in range(8):  # new connections, so both workers answer
+        answer = requests.post(vmgroup_webhook.url + "/validate/vmgroups",
+                               json=review(vmgroup(cpu=1, memory=1, replicas=1, template="t")),
+                               verify=str(vmgroup_webhook.ca), headers={"Connection": "close"},
+                               timeout=5)
+        assert answer.status_code == 200
+        metrics = requests.get(vmgroup_webhook.url + "/metrics", verify=str(vmgroup_webhook.ca),
+                               headers={"Connection": "close"}, timeout=5)
+        assert metrics.status_code == 200
 
 
 def test_every_admission_is_logged_with_its_uid(vmgroup_webhook: Webhook,

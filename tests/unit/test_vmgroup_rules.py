@@ -12,7 +12,7 @@ from controller.naming import longest_vm_name, vm_name
 from tests.reviews import patched, review, vmgroup
 from tests.stack import CRD_PATH
 from webhook import vmgroup as rules
-from webhook.admission import AdmissionRequest, parse_review
+from webhook.admission import MAX_WARNING_LENGTH, AdmissionRequest, parse_review
 from webhook.vmgroup import HARD_BOUNDS, Policy
 
 POLICY = Policy(max_cpu=16, max_memory=64, max_replicas=50)
@@ -56,7 +56,25 @@ def test_template_defaults_from_policy_with_a_warning() -> None:
     obj = vmgroup()
     response = _mutate(obj, Policy(default_template="golden"))
     assert patched(obj, response)["spec"]["template"] == "golden"
-    assert response["warnings"] == ["spec.template not set: using the cluster default 'golden'"]
+    assert response["warnings"] == ["spec.template not set: using 'golden'"]
+
+
+def test_update_keeps_old_values_for_fields_left_out() -> None:
+    """A PUT without some fields keeps them, even if the cluster default changed since."""
+    old = vmgroup(cpu=4, memory=8, replicas=3, template="first")
+    new = vmgroup(replicas=5)
+    response = _mutate(new, Policy(default_template="second"), operation="UPDATE", old=old)
+    assert patched(new, response)["spec"] == {"cpu": 4, "memory": 8, "replicas": 5,
+                                              "template": "first"}
+    assert "warnings" not in response
+
+
+def test_every_warning_fits_the_recommended_length() -> None:
+    longest = "t" * 80
+    response = _mutate(vmgroup(), Policy(default_template=longest))
+    assert all(len(w) <= MAX_WARNING_LENGTH for w in response["warnings"])
+    assert all(len(w) <= MAX_WARNING_LENGTH for w in _validate(
+        vmgroup(**{**FULL, "replicas": 0}))["warnings"])
 
 
 def test_defaulting_twice_yields_no_patch() -> None:
@@ -176,6 +194,11 @@ def test_scale_subresource_is_held_to_the_same_replicas_rule() -> None:
         "spec.replicas: Invalid value: 51: must be from 0 to 50 (this cluster's policy)"
     scale["spec"]["replicas"] = 5
     assert _validate(scale, operation="UPDATE", kind=kind, sub_resource="scale")["allowed"]
+    # `kubectl scale --replicas=0` sends no replicas at all (omitempty).
+    scale["spec"] = {}
+    zero = _validate(scale, operation="UPDATE", kind=kind, sub_resource="scale")
+    assert zero["allowed"] is True
+    assert zero["warnings"] == ["spec.replicas is 0: the group will have no VMs"]
 
 
 def test_wrong_kind_is_refused_with_what_we_admit() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 from pathlib import Path
@@ -33,6 +34,20 @@ def test_an_unexpected_error_is_a_500_logged_with_the_uid(
     (record,) = caplog.records
     assert record.uid == uid  # type: ignore[attr-defined]
     assert record.exc_info is not None
+
+
+def test_deeply_nested_input_is_a_400_not_a_crash() -> None:
+    client = create_app().test_client()
+    assert client.post("/mutate/vmgroups", data=b"[" * 100_000).status_code == 400
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(600):  # parses, but is too deep to copy
+        node["x"] = {}
+        node = node["x"]  # type: ignore[assignment]
+    body = review(vmgroup(template="t"))
+    body["request"]["object"]["spec"]["deep"] = deep
+    answer = client.post("/mutate/vmgroups", data=json.dumps(body))
+    assert answer.status_code in (200, 400)  # whichever, never a 500
 
 
 def test_body_over_the_limit_is_413_json() -> None:
@@ -110,6 +125,11 @@ def test_missing_tls_flags_are_an_error(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         cli.parser().parse_args([])
     assert "--tls-cert-file" in capsys.readouterr().err
+
+
+def test_empty_tls_settings_never_mean_plain_http(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--tls-cert-file=", "--tls-key-file=/k"]) == 2
+    assert "must not be empty" in capsys.readouterr().err
 
 
 def test_policy_out_of_bounds_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
