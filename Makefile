@@ -8,8 +8,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
-# Where hack/testbin.sh caches the real binaries (outside the repo; VMGROUP_TESTBIN_CACHE moves it).
-export VMGROUP_TESTBIN := $(shell hack/testbin.sh dir)
+# hack/testbin.sh caches the real binaries outside the repo (VMGROUP_TESTBIN_CACHE moves the
+# cache); the stack asks it where they are, so targets that need no binary need no Go either.
 PYTEST_ARGS ?=
 
 .PHONY: help
@@ -56,7 +56,8 @@ bench-webhook: venv testbin ## webhook latency/throughput/memory at fixed rates 
 
 .PHONY: lock
 lock: venv ## refresh constraints.txt from the current .venv
-	$(VENV)/bin/pip freeze --exclude-editable --disable-pip-version-check > constraints.txt
+	$(VENV)/bin/pip freeze --exclude-editable --disable-pip-version-check > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 .PHONY: clean
 clean: dev-down ## remove .venv and local state (the binary cache stays)

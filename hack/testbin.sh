@@ -56,34 +56,36 @@ if [[ "${1:-}" == "dir" ]]; then
   exit 0
 fi
 
-build() { # set ldflags binary package...
-  local set=$1 ldflags=$2 bin=$3
+build() { # set ldflags "binaries..." package...
+  local set=$1 ldflags=$2 bins=$3 bin missing=""
   shift 3
-  if [[ -x "$bindir/$bin" ]]; then
-    return 0
-  fi
-  echo "testbin: building $* ($set) ..." >&2
-  local start=$SECONDS
+  for bin in $bins; do
+    [[ -x "$bindir/$bin" ]] || missing=1
+  done
+  [[ -n "$missing" ]] || return 0
+  echo "testbin: building $bins ($set) ..." >&2
+  local start=$SECONDS partial="$bindir/.partial-$set"
+  rm -rf "$partial" # whatever a killed build of this set left behind
   (cd "$tools/$set" && CGO_ENABLED=0 GOFLAGS=-mod=readonly \
-    go build -trimpath -ldflags "$ldflags" -o "$bindir/.partial/" "$@")
+    go build -trimpath -ldflags "$ldflags" -o "$partial/" "$@")
   # The etcd server's package path ends in /v3, so go names its binary "server".
-  if [[ "$set" == etcd && -f "$bindir/.partial/server" ]]; then
-    mv "$bindir/.partial/server" "$bindir/.partial/etcd"
+  if [[ "$set" == etcd && -f "$partial/server" ]]; then
+    mv "$partial/server" "$partial/etcd"
   fi
   # Move into place only once every binary of the set built: a killed build leaves no half set.
-  mv "$bindir"/.partial/* "$bindir/"
-  echo "testbin: built $* in $((SECONDS - start))s" >&2
+  mv "$partial"/* "$bindir/"
+  rmdir "$partial"
+  echo "testbin: built $bins in $((SECONDS - start))s" >&2
 }
 
-mkdir -p "$bindir/.partial"
+mkdir -p "$bindir"
 build etcd "-s -w" etcd go.etcd.io/etcd/server/v3
 build vcsim "-s -w" vcsim .
 build govc "$govc_ldflags" govc github.com/vmware/govmomi/govc
 build helm "$helm_ldflags" helm helm.sh/helm/v4/cmd/helm
 build fortio "-s -w" fortio fortio.org/fortio
-build kubernetes "$k8s_ldflags" kube-apiserver \
+build kubernetes "$k8s_ldflags" "kube-apiserver kube-controller-manager kubectl" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
-rmdir "$bindir/.partial" 2>/dev/null || true
 
 # cert-manager's CRDs, so the chart's cert-manager mode is checked against the real API shape.
 crds="$bindir/../crds/cert-manager"

@@ -32,6 +32,10 @@ TOGGLES = {
         "--set", "webhook.certManager.issuerRef.kind=ClusterIssuer"],
     "no-pdb-one-replica": ["--set", "webhook.podDisruptionBudget.enabled=false",
                            "--set", "webhook.replicas=1"],
+    "cert-manager-issuer-and-pdb-max": [
+        "--set", "webhook.certManager.enabled=true",
+        "--set", "webhook.certManager.issuerRef.name=team-issuer",
+        "--set", "webhook.podDisruptionBudget.minAvailable=50%"],
     "initializers": ["--set", "initializers.configs.logging-agent.enabled=true",
                      "--set", "initializers.failurePolicy=Fail"],
     "policy": ["--set", "webhook.policy.maxCpu=8", "--set",
@@ -79,9 +83,10 @@ def test_lint_strict(helm: Helm, toggle: str) -> None:
     (["--set", "webhook.polcy.maxCpu=3"], "additional properties 'polcy' not allowed"),
     (["--set", "webhook.policy.defaultTemplate=a/b"], "at '/webhook/policy/defaultTemplate'"),
     (["--set", "webhook.timeoutSeconds=31"], "at '/webhook/timeoutSeconds': maximum"),
+    (["--set", "webhook.certManager.issuerRef.nmae=x"], "additional properties 'nmae'"),
     (["--set", "initializers.failurePolicy=Sometimes"], "at '/initializers/failurePolicy'"),
     (["--set", "initializers.prefix=no-slash"], "at '/initializers/prefix'"),
-    (["--set", "initializers.configs.Bad_Name.config.x=1"], "at '/initializers/configs'"),
+    (["--set", "initializers.configs.Bad_Name.config.x=1"], "invalid propertyName 'Bad_Name'"),
 ])
 def test_wrong_values_are_refused_by_the_schema(helm: Helm, values: list[str],
                                                 message: str) -> None:
@@ -131,6 +136,15 @@ def test_pods_are_locked_down_by_default(helm: Helm) -> None:
     assert container["resources"]["limits"]["memory"]
     assert deployment["spec"]["replicas"] == 2
     assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    # Endpoints are removed everywhere before gunicorn stops listening.
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    assert pod["terminationGracePeriodSeconds"] > container["lifecycle"]["preStop"]["sleep"][
+        "seconds"]
+
+
+def test_a_single_replica_gets_no_pdb_that_would_block_drains(helm: Helm) -> None:
+    assert _by_kind(_render(helm), "PodDisruptionBudget")
+    assert not _by_kind(_render(helm, "--set", "webhook.replicas=1"), "PodDisruptionBudget")
 
 
 # --- against a real API server ---------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -21,10 +22,11 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from .components import CRD_PATH, REPO, bin_dir, kubectl
-from .process import StackError, exited, poll
+from .process import StackError, exited, poll, write_private
 from .stack import OPERATOR_NAMESPACE, LocalStack
 
 EXAMPLE = REPO / "examples" / "vmgroup.yaml"
@@ -88,10 +90,8 @@ def serve(state: State) -> int:
     try:
         stack.start()
         webhook = stack.start_webhook()
-        shutil.copyfile(stack.kubeconfig, state.kubeconfig)
-        state.kubeconfig.chmod(0o600)
-        state.env_file.touch(mode=0o600)
-        state.env_file.write_text(_env_file(state, stack))
+        write_private(state.kubeconfig, stack.kubeconfig.read_bytes())
+        write_private(state.env_file, _env_file(state, stack))
         info = {"apiserver": stack.apiserver.url if stack.apiserver else None,
                 "vcenter": stack.vcenter.url, "webhook": webhook.url, "pids": stack.pids()}
         state.info_file.write_text(json.dumps(info, indent=2))
@@ -117,29 +117,20 @@ def _set_up_cluster(state: State) -> None:
     kubectl(config, "apply", "-f", str(EXAMPLE))
 
 
+@contextlib.contextmanager
+def _exclusive(state: State) -> Iterator[None]:
+    """One `up` or `down` at a time per state directory (two `make dev` at once would start
+    two supervisors on one work directory)."""
+    state.root.mkdir(parents=True, exist_ok=True)
+    with (state.root / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def up(state: State) -> int:
-    pid = state.supervisor_pid()
-    if pid is None:
-        state.logs.mkdir(parents=True, exist_ok=True)
-        state.info_file.unlink(missing_ok=True)
-        log = (state.logs / "supervisor.log").open("ab")
-        supervisor = subprocess.Popen(
-            [sys.executable, "-m", "tests.stack", "serve", "--state", str(state.root)],
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)  # outlives `make dev`, immune to its terminal's Ctrl-C
-        state.pid_file.write_text(str(supervisor.pid))
-
-        def supervisor_alive() -> None:
-            if supervisor.poll() is not None:
-                tail = (state.logs / "supervisor.log").read_text(errors="replace")[-3000:]
-                raise StackError(f"the stack failed to start:\n{tail}")
-
-        poll(state.info, timeout=UP_TIMEOUT, what="the local stack", alive=supervisor_alive)
-        print(f"local stack started (supervisor pid {supervisor.pid})")
-    else:
-        poll(state.info, timeout=UP_TIMEOUT, what="the running local stack")
-        print(f"local stack already running (supervisor pid {pid})")
-    _set_up_cluster(state)
+    with _exclusive(state):
+        _ensure_supervisor(state)
+        _set_up_cluster(state)
     info = state.info() or {}
     print(f"""
   API server : {info.get('apiserver')}
@@ -156,24 +147,62 @@ Next:
     return 0
 
 
-def down(state: State) -> int:
+def _ensure_supervisor(state: State) -> None:
     pid = state.supervisor_pid()
-    info = state.info() or {}
     if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        try:
-            poll(lambda: state.supervisor_pid() is None, timeout=60, what="the supervisor to exit")
-        except StackError:
-            os.kill(pid, signal.SIGKILL)  # its children get SIGTERM from PR_SET_PDEATHSIG
-    # Belt and braces: whatever the supervisor recorded must be gone.
-    pids = dict(info.get("pids", {}))  # type: ignore[call-overload]
-    for name, child in pids.items():
-        if not exited(int(child)):
-            print(f"{name} (pid {child}) outlived its supervisor; killing it")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(child), signal.SIGKILL)
-    state.pid_file.unlink(missing_ok=True)
+        poll(state.info, timeout=UP_TIMEOUT, what="the running local stack")
+        print(f"local stack already running (supervisor pid {pid})")
+        return
+    state.logs.mkdir(parents=True, exist_ok=True)
     state.info_file.unlink(missing_ok=True)
+    with (state.logs / "supervisor.log").open("ab") as log:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "tests.stack", "serve", "--state", str(state.root)],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)  # outlives `make dev`, immune to its terminal's Ctrl-C
+    state.pid_file.write_text(str(supervisor.pid))
+
+    def supervisor_alive() -> None:
+        if supervisor.poll() is not None:
+            tail = (state.logs / "supervisor.log").read_text(errors="replace")[-3000:]
+            raise StackError(f"the stack failed to start:\n{tail}")
+
+    poll(state.info, timeout=UP_TIMEOUT, what="the local stack", alive=supervisor_alive)
+    print(f"local stack started (supervisor pid {supervisor.pid})")
+
+
+def _runs_from(pid: int, directory: Path) -> bool:
+    """Whether `pid` is a live process of ours: every part of the stack has `directory` (its
+    work directory) in its command line; a pid reused by something else has not."""
+    try:
+        return not exited(pid) and str(directory).encode() in Path(
+            f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def down(state: State) -> int:
+    with _exclusive(state):
+        pid = state.supervisor_pid()
+        info = state.info() or {}
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            try:
+                poll(lambda: state.supervisor_pid() is None, timeout=60,
+                     what="the supervisor to exit")
+            except StackError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # children then get PR_SET_PDEATHSIG's SIGTERM
+        # Belt and braces: whatever the supervisor recorded must be gone.
+        pids = dict(info.get("pids", {}))  # type: ignore[call-overload]
+        for name, child in pids.items():
+            if _runs_from(int(child), state.work):
+                print(f"{name} (pid {child}) outlived its supervisor; killing it")
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(child), signal.SIGKILL)
+        state.pid_file.unlink(missing_ok=True)
+        state.info_file.unlink(missing_ok=True)
     print("local stack stopped" if pid else "local stack was not running")
     return 0
 

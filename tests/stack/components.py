@@ -8,6 +8,7 @@ fails fast (with the log tail) if the binary exits.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import socket
@@ -27,7 +28,7 @@ from webhook import registration
 
 from . import vsphere
 from .pki import CertificateAuthority, signing_key_pem
-from .process import Process, StackError, poll
+from .process import Process, StackError, poll, write_private
 from .vsphere import VCenterInfo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +37,7 @@ CRD_PATH = REPO / "charts/vmgroup-operator/crds/vmgroups.vm.codeconnect.vmworld.
 START_TIMEOUT = 90.0  # the API server's first start (RBAC bootstrap) takes ~10 s on 2 cores
 
 
+@functools.cache
 def bin_dir() -> Path:
     """Where `make testbin` put the binaries (VMGROUP_TESTBIN, else asked of hack/testbin.sh)."""
     configured = os.environ.get("VMGROUP_TESTBIN")
@@ -99,7 +101,7 @@ class Pki:
         authority = CertificateAuthority()
         ca = directory / "ca.crt"
         ca.write_bytes(authority.cert_pem)
-        for name in ("etcd", "kube-apiserver", "vcsim", "webhook"):
+        for name in ("etcd", "kube-apiserver", "kcm-serving", "vcsim", "webhook"):
             authority.serving(name).write(directory, name)
         authority.issue("kube-apiserver-etcd-client", client=True).write(
             directory, "etcd-client")
@@ -109,9 +111,7 @@ class Pki:
         authority.issue("system:kube-controller-manager", client=True).write(
             directory, "kube-controller-manager")
         private, public = signing_key_pem()
-        key = directory / "service-account.key"
-        key.touch(mode=0o600)
-        key.write_bytes(private)
+        write_private(directory / "service-account.key", private)
         (directory / "service-account.pub").write_bytes(public)
         return cls(directory, ca)
 
@@ -135,9 +135,7 @@ def kubeconfig(server: str, ca: Path, cert: tuple[Path, Path], user: str) -> dic
 
 
 def write_kubeconfig(path: Path, config: dict[str, Any]) -> Path:
-    path.touch(mode=0o600)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return write_private(path, yaml.safe_dump(config, sort_keys=False))
 
 
 class Etcd:
@@ -226,7 +224,8 @@ class KubeControllerManager:
             f"--authentication-kubeconfig={config}",
             f"--authorization-kubeconfig={config}",
             "--bind-address=127.0.0.1", f"--secure-port={self.port}",
-            f"--cert-dir={work / 'kcm-certs'}",
+            f"--tls-cert-file={pki.pair('kcm-serving')[0]}",
+            f"--tls-private-key-file={pki.pair('kcm-serving')[1]}",
             # Each controller acts as its own ServiceAccount, as in a real cluster.
             "--use-service-account-credentials=true",
             f"--service-account-private-key-file={pki.sa_key}",
@@ -241,19 +240,10 @@ class KubeControllerManager:
 
     def start(self, admin: KubeAPIServer) -> None:
         self.process.start()
-        # kcm serves with a self-signed cert of its own: health is checked without verifying it,
-        # and real readiness is proven through the API server (the default ServiceAccount).
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE
-
-        def healthy() -> bool:
-            url = f"https://127.0.0.1:{self.port}/healthz"
-            with urllib.request.urlopen(url, context=insecure, timeout=5) as resp:
-                return bool(resp.read() == b"ok")
-
-        poll(healthy, timeout=START_TIMEOUT, what="kube-controller-manager /healthz",
+        poll(lambda: _https_get(f"https://127.0.0.1:{self.port}/healthz", self._pki.ca) == b"ok",
+             timeout=START_TIMEOUT, what="kube-controller-manager /healthz",
              alive=self.process.check_alive)
+        # Really ready: its controllers work (the default ServiceAccount, which Pods need).
         poll(lambda: _https_get(
                 f"{admin.url}/api/v1/namespaces/default/serviceaccounts/default",
                 self._pki.ca, admin.admin_cert),

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .process import write_private
+
 _VALIDITY = datetime.timedelta(days=365)
 
 
@@ -47,8 +49,7 @@ class KeyPair:
         """Write `<name>.crt` and `<name>.key` (mode 0600) and return their paths."""
         crt, key = directory / f"{name}.crt", directory / f"{name}.key"
         crt.write_bytes(self.cert_pem)
-        key.touch(mode=0o600)
-        key.write_bytes(self.key_pem)
+        write_private(key, self.key_pem)
         return crt, key
 
 

@@ -15,7 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -77,6 +77,16 @@ def exited(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+def write_private(path: Path, data: bytes | str) -> Path:
+    """Write `path` readable by its owner only, from the first byte (keys, kubeconfigs,
+    passwords): never a moment with wider permissions, even when the file existed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(data.encode() if isinstance(data, str) else data)
+    return path
+
+
 class Process:
     """One long-running binary with its log file."""
 
@@ -87,24 +97,25 @@ class Process:
         self.log_path = log_dir / f"{name}.log"
         self._env = env
         self._popen: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def pid(self) -> int | None:
         return self._popen.pid if self._popen else None
 
     def start(self) -> Process:
+        if self._popen is not None:
+            raise StackError(f"{self.name} was started already")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        self._popen = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(self._env or {})},
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, no locks taken
-            start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop children in order
-        )
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self._popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(self._env or {})},
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, no locks taken
+                start_new_session=True,  # Ctrl-C in a terminal reaches us; we stop in order
+            )
         return self
 
     def running(self) -> bool:
@@ -142,6 +153,3 @@ class Process:
             except subprocess.TimeoutExpired:
                 self._popen.kill()
                 self._popen.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
