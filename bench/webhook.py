@@ -1,10 +1,15 @@
 """Webhook benchmark: fixed request rates over TLS with keep-alive against vmgroup-webhook under
-gunicorn with its default configuration, mixing VmGroup mutate and validate requests.
+gunicorn with its default configuration.
 
     make bench-webhook                      # or: .venv/bin/python -m bench.webhook --help
+    make bench-webhook BENCH_ARGS='--scenario injection'
 
-For each rate, two fortio load generators (one per endpoint, half the rate each) run at once
-on this machine, so the load generator's CPU is part of the budget, as it would be for an API
+Scenarios: `vmgroups` mixes VmGroup mutate and validate requests; `injection` injects the
+logging-agent initializer (read live from a ConfigMap of a real API server, as in a cluster)
+into a realistic Pod: 3 containers and a large managedFields.
+
+For each rate, one fortio load generator per endpoint (the rate split between them) runs on
+this machine, so the load generator's CPU is part of the budget, as it would be for an API
 server sharing a node. Each rate is measured `--repeat` times; the median run is reported.
 Targets (2 cores, load generator included): p99 <= 5 ms at 200 req/s, >= 800 req/s sustained,
 <= 80 MB RSS per worker.
@@ -13,6 +18,7 @@ Targets (2 cores, load generator included): p99 <= 5 ms at 200 req/s, >= 800 req
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -21,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.initializer_fixtures import LOGGING_AGENT, configmap
 from tests.reviews import review, vmgroup
-from tests.stack import binary
-from tests.stack.components import Webhook
+from tests.stack import LocalStack, binary
+from tests.stack.components import Webhook, kubectl
 from tests.stack.pki import CertificateAuthority
 
 TARGET_P99_MS, TARGET_P99_RATE, TARGET_RPS, TARGET_RSS_MB = 5.0, 200, 800, 80.0
@@ -39,14 +46,44 @@ class Run:
     errors: int
 
 
-def _payloads(directory: Path) -> dict[str, Path]:
-    """One realistic request per endpoint: a template-only CREATE for defaulting, a full one
-    for validation."""
-    bodies = {
-        "/mutate/vmgroups": review(vmgroup("vg-1", "team-a", template="vm-operator-template")),
-        "/validate/vmgroups": review(vmgroup("vg-1", "team-a", cpu=2, memory=4, replicas=3,
-                                             template="vm-operator-template")),
-    }
+def _realistic_pod() -> dict[str, Any]:
+    """A Pod as a Deployment makes them: 3 containers, and managedFields of many managers."""
+    containers = [{
+        "name": name, "image": f"registry.example.com/team/{name}:1.4.2",
+        "ports": [{"containerPort": 8080 + i, "name": "http", "protocol": "TCP"}],
+        "env": [{"name": f"VAR_{k}", "value": f"value-{k}"} for k in range(12)],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                      "limits": {"memory": "256Mi"}},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}},
+        "volumeMounts": [{"name": "config", "mountPath": "/etc/app"}],
+    } for i, name in enumerate(["app", "cache", "proxy"])]
+    fields = {"f:metadata": {"f:labels": {f"f:label-{i}": {} for i in range(10)}},
+              "f:spec": {"f:containers": {
+                  f'k:{{"name":"{c["name"]}"}}': {f"f:{k}": {} for k in c} for c in containers}}}
+    managed = [{"manager": f"controller-{i}", "operation": "Update", "apiVersion": "v1",
+                "time": "2026-11-22T00:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": fields}
+               for i in range(20)]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "web-7d9f8b6c5-x2x9z", "namespace": "team-a",
+        "labels": {f"label-{i}": "x" for i in range(10)},
+        "annotations": {"initializer.kubernetes.io/logging-agent": "true"},
+        "managedFields": managed},
+        "spec": {"containers": containers, "volumes": [{"name": "config",
+                                                        "configMap": {"name": "app"}}]}}
+
+
+def _payloads(directory: Path, scenario: str) -> dict[str, Path]:
+    """The requests of a scenario, one per endpoint."""
+    if scenario == "injection":
+        bodies = {"/inject": review(_realistic_pod(), kind={"group": "", "version": "v1",
+                                                            "kind": "Pod"})}
+    else:  # a template-only CREATE for defaulting, a full one for validation
+        bodies = {
+            "/mutate/vmgroups": review(vmgroup("vg-1", "team-a",
+                                               template="vm-operator-template")),
+            "/validate/vmgroups": review(vmgroup("vg-1", "team-a", cpu=2, memory=4, replicas=3,
+                                                 template="vm-operator-template")),
+        }
     files = {}
     for path, body in bodies.items():
         files[path] = directory / (path.strip("/").replace("/", "-") + ".json")
@@ -71,8 +108,8 @@ def _measure(webhook: Webhook, ca: Path, payloads: dict[str, Path], rate: float,
     procs, outs = [], []
     for i, (path, payload) in enumerate(payloads.items()):
         outs.append(work / f"result-{i}.json")
-        procs.append(_fortio(webhook.url + path, payload, ca, rate / 2, seconds, connections,
-                             outs[-1]))
+        procs.append(_fortio(webhook.url + path, payload, ca, rate / len(payloads), seconds,
+                             connections, outs[-1]))
     for proc in procs:
         _, err = proc.communicate(timeout=seconds + 60)
         if proc.returncode != 0:
@@ -91,6 +128,15 @@ def _measure(webhook: Webhook, ca: Path, payloads: dict[str, Path], rate: float,
         max_ms=max(r["DurationHistogram"]["Max"] for r in results) * 1000,
         errors=sum(n for r in results for code, n in r["RetCodes"].items() if code != "200"),
     )
+
+
+def _initializer_source(work: Path, cleanup: contextlib.ExitStack) -> list[str]:
+    """A real API server holding the logging-agent initializer; the webhook's flags to read it."""
+    stack = cleanup.enter_context(LocalStack(work / "kube", vcenter=False))
+    kubectl(stack.kubeconfig, "create", "namespace", "vmgroup-system")
+    kubectl(stack.kubeconfig, "apply", "-f", "-", stdin=json.dumps(
+        configmap("logging-agent-initializer", LOGGING_AGENT)))
+    return ["--namespace=vmgroup-system", f"--kubeconfig={stack.kubeconfig}"]
 
 
 def _worker_rss_mb(webhook: Webhook) -> list[float]:
@@ -115,22 +161,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=2,
                         help="keep-alive connections per endpoint at fixed rates (default: 2; "
                         "the unbounded run uses twice as many)")
+    parser.add_argument("--scenario", choices=["vmgroups", "injection"], default="vmgroups",
+                        help="what to send (default: %(default)s)")
     parser.add_argument("--webhook-args", default="",
                         help="extra vmgroup-webhook flags, to compare against the defaults")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
 
-    with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp, \
+            contextlib.ExitStack() as cleanup:
         work = Path(tmp)
         authority = CertificateAuthority("bench-ca")
         ca = work / "ca.crt"
         ca.write_bytes(authority.cert_pem)
         cert = authority.serving("webhook").write(work, "tls")
-        webhook = Webhook(ca, cert, work / "logs", args.webhook_args.split(),
-                          name="bench-webhook")
+        extra = args.webhook_args.split()
+        if args.scenario == "injection":
+            extra += _initializer_source(work, cleanup)
+        webhook = Webhook(ca, cert, work / "logs", extra, name="bench-webhook")
         webhook.start()
         try:
-            payloads = _payloads(work)
+            payloads = _payloads(work, args.scenario)
             _measure(webhook, ca, payloads, 200, 3, args.connections, work)  # warm-up
             table: list[Run] = []
             for rate in [*rates, 0.0]:
@@ -143,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             webhook.process.stop()
 
-    print(f"\nvmgroup-webhook, gunicorn defaults (2 gthread workers x 4 threads), TLS, "
-          f"keep-alive; {args.repeat} runs of {args.seconds:.0f}s per rate, median shown")
+    print(f"\nvmgroup-webhook ({args.scenario}), gunicorn defaults (2 gthread workers x 4 "
+          f"threads), TLS, keep-alive; {args.repeat} runs of {args.seconds:.0f}s per rate, "
+          "median shown")
     print(f"{'rate req/s':>12} {'achieved':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'errors':>7}")
     for run in table:
@@ -163,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, ok in verdicts:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
-    print(f"reproduce: .venv/bin/python -m bench.webhook --rates {args.rates} "
-          f"--seconds {args.seconds:.0f} --repeat {args.repeat}")
+    print(f"reproduce: .venv/bin/python -m bench.webhook --scenario {args.scenario} "
+          f"--rates {args.rates} --seconds {args.seconds:.0f} --repeat {args.repeat}")
     return 0 if all(ok for _, ok in verdicts) else 1
 
 

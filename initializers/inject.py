@@ -91,38 +91,48 @@ def _merge_named(existing: list[Any], additions: Sequence[Mapping[str, Any]], wh
     return [*new, *existing] if first else [*existing, *new]
 
 
-def _merge_mounts(container: dict[str, Any], mounts: Sequence[Mapping[str, Any]],
-                  source: str) -> None:
-    existing = container.setdefault("volumeMounts", [])
+def _merge_mounts(existing: list[Any], mounts: Sequence[Mapping[str, Any]], container: str,
+                  source: str) -> list[Any]:
+    new = []
     for mount in mounts:
         clash = next((m for m in existing if isinstance(m, dict)
                       and m.get("mountPath") == mount["mountPath"]), None)
         if clash is None:
-            existing.append(copy.deepcopy(dict(mount)))
+            new.append(copy.deepcopy(dict(mount)))
         elif clash != mount:
             raise InjectionConflict(
                 f"initializer {source!r} mounts {mount['mountPath']!r} in container "
-                f"{container.get('name')!r}, which already mounts something else there")
+                f"{container!r}, which already mounts something else there")
+    return [*existing, *new]
 
 
 def merge(pod_spec: Mapping[str, Any], initializer: Initializer,
           sidecars: Iterable[str] = ()) -> dict[str, Any]:
-    """`pod_spec` with `initializer` merged in (a new dict; the input is not changed).
+    """`pod_spec` with `initializer` merged in: a new dict, and the input is not changed.
 
-    Mounts and env go to the workload's own containers: not to the sidecars this or another
-    initializer (named in `sidecars`) brought.
+    What is not changed is shared with the input rather than copied (a pod spec can be large,
+    and this runs on every admission). Mounts and env go to the workload's own containers, not
+    to the sidecars this or another initializer (named in `sidecars`) brought.
     """
-    spec = copy.deepcopy(dict(pod_spec))
+    spec = dict(pod_spec)
     name = initializer.name
     not_own = {*sidecars, *(c["name"] for c in initializer.containers)}
-    own = [c for c in spec.get("containers") or []
-           if isinstance(c, dict) and c.get("name") not in not_own]
-    for container in own:  # the workload's own containers, before sidecars join them
-        if initializer.env:
-            container["env"] = _merge_named(container.get("env") or [], initializer.env,
-                                            "env variable", name)
-        if initializer.volume_mounts:
-            _merge_mounts(container, initializer.volume_mounts, name)
+    if initializer.env or initializer.volume_mounts:
+        containers = []
+        for original in spec.get("containers") or []:
+            container = original
+            if isinstance(original, dict) and original.get("name") not in not_own:
+                container = dict(original)  # one of the workload's own: changed, so copied
+                if initializer.env:
+                    container["env"] = _merge_named(list(original.get("env") or []),
+                                                    initializer.env, "env variable", name)
+                if initializer.volume_mounts:
+                    container["volumeMounts"] = _merge_mounts(
+                        list(original.get("volumeMounts") or []), initializer.volume_mounts,
+                        str(original.get("name")), name)
+            containers.append(container)
+        if "containers" in spec:
+            spec["containers"] = containers
     for key, items, what, first in (
             ("containers", initializer.containers, "container", False),
             ("initContainers", initializer.init_containers, "init container",
@@ -133,19 +143,17 @@ def merge(pod_spec: Mapping[str, Any], initializer: Initializer,
     return spec
 
 
-def inject(meta: Mapping[str, Any], pod_spec: Mapping[str, Any], names: Sequence[str],
-           registry: Mapping[str, Initializer]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(metadata, pod spec) with `names` injected and recorded in the status annotation."""
-    annotations = meta.get("annotations")
-    annotations = dict(annotations) if isinstance(annotations, dict) else {}
-    recorded = [n for n in str(annotations.get(STATUS_ANNOTATION, "")).split(",") if n]
+def inject(annotations: Mapping[str, Any] | None, pod_spec: Mapping[str, Any],
+           names: Sequence[str], registry: Mapping[str, Initializer]
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(annotations, pod spec) with `names` injected and recorded in the status annotation."""
+    new_annotations = dict(annotations) if isinstance(annotations, Mapping) else {}
+    recorded = [n for n in str(new_annotations.get(STATUS_ANNOTATION, "")).split(",") if n]
     sidecars = {c["name"] for n in [*recorded, *names] if n in registry
                 for c in registry[n].containers}
     spec = dict(pod_spec)
     for name in names:
         spec = merge(spec, registry[name], sidecars)
-    new_meta = copy.deepcopy(dict(meta))
-    annotations[STATUS_ANNOTATION] = ",".join([*recorded, *(n for n in names
-                                                             if n not in recorded)])
-    new_meta["annotations"] = annotations
-    return new_meta, spec
+    new_annotations[STATUS_ANNOTATION] = ",".join(
+        [*recorded, *(n for n in names if n not in recorded)])
+    return new_annotations, spec

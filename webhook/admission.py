@@ -119,11 +119,18 @@ def parse_review(body: bytes | str) -> AdmissionRequest:
     )
 
 
+def verify_patch(original: Mapping[str, Any], ops: list[dict[str, Any]],
+                 mutated: Mapping[str, Any]) -> None:
+    """Raise unless `ops` turns `original` into `mutated`: a patch the API server cannot apply
+    fails the request even under failurePolicy Ignore, so none leaves without this check."""
+    if jsonpatch.apply_patch(original, ops) != mutated:
+        raise AssertionError("generated JSON Patch does not reproduce the mutated object")
+
+
 def json_patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The JSON Patch from `original` to `mutated`, proven by applying it to `original`."""
     ops: list[dict[str, Any]] = list(jsonpatch.make_patch(original, mutated))
-    if jsonpatch.apply_patch(original, ops) != mutated:
-        raise AssertionError("generated JSON Patch does not reproduce the mutated object")
+    verify_patch(original, ops, mutated)
     return ops
 
 
