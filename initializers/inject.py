@@ -9,7 +9,7 @@ manifest) and a conflict otherwise: InjectionConflict, with a message naming bot
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,34 +76,27 @@ def requested(annotation_maps: Iterable[Mapping[str, Any] | None], prefix: str,
     return Requests(tuple(wanted), frozenset(done))
 
 
-def _merge_named(existing: list[Any], additions: Sequence[Mapping[str, Any]], what: str,
-                 source: str, *, first: bool = False) -> list[Any]:
-    by_name = {item.get("name"): item for item in existing if isinstance(item, dict)}
+def _merge_by(key: str, existing: list[Any], additions: Sequence[Mapping[str, Any]],
+              clash: Callable[[Mapping[str, Any]], str], *, first: bool = False) -> list[Any]:
+    """`existing` plus the `additions` it lacks, matched on `key`. An addition already there
+    with the same content is kept once; with other content it is an InjectionConflict, worded
+    by `clash`. Existing items stay the very same objects."""
+    present = {item.get(key): item for item in existing if isinstance(item, dict)}
     new = []
     for item in additions:
-        current = by_name.get(item["name"])
+        current = present.get(item[key])
         if current is None:
             new.append(copy.deepcopy(dict(item)))
         elif current != item:
-            raise InjectionConflict(
-                f"initializer {source!r} adds {what} {item['name']!r}, but the workload "
-                f"already has a different {what} of that name")
+            raise InjectionConflict(clash(item))
     return [*new, *existing] if first else [*existing, *new]
 
 
-def _merge_mounts(existing: list[Any], mounts: Sequence[Mapping[str, Any]], container: str,
-                  source: str) -> list[Any]:
-    new = []
-    for mount in mounts:
-        clash = next((m for m in existing if isinstance(m, dict)
-                      and m.get("mountPath") == mount["mountPath"]), None)
-        if clash is None:
-            new.append(copy.deepcopy(dict(mount)))
-        elif clash != mount:
-            raise InjectionConflict(
-                f"initializer {source!r} mounts {mount['mountPath']!r} in container "
-                f"{container!r}, which already mounts something else there")
-    return [*existing, *new]
+def _named(existing: list[Any], additions: Sequence[Mapping[str, Any]], what: str,
+           source: str, *, first: bool = False) -> list[Any]:
+    return _merge_by("name", existing, additions, lambda item: (
+        f"initializer {source!r} adds {what} {item['name']!r}, but the workload already has "
+        f"a different {what} of that name"), first=first)
 
 
 def merge(pod_spec: Mapping[str, Any], initializer: Initializer,
@@ -124,12 +117,15 @@ def merge(pod_spec: Mapping[str, Any], initializer: Initializer,
             if isinstance(original, dict) and original.get("name") not in not_own:
                 container = dict(original)  # one of the workload's own: changed, so copied
                 if initializer.env:
-                    container["env"] = _merge_named(list(original.get("env") or []),
-                                                    initializer.env, "env variable", name)
+                    container["env"] = _named(list(original.get("env") or []),
+                                              initializer.env, "env variable", name)
                 if initializer.volume_mounts:
-                    container["volumeMounts"] = _merge_mounts(
-                        list(original.get("volumeMounts") or []), initializer.volume_mounts,
-                        str(original.get("name")), name)
+                    where = original.get("name")
+                    container["volumeMounts"] = _merge_by(
+                        "mountPath", list(original.get("volumeMounts") or []),
+                        initializer.volume_mounts, lambda mount, where=where: (
+                            f"initializer {name!r} mounts {mount['mountPath']!r} in container "
+                            f"{where!r}, which already mounts something else there"))
             containers.append(container)
         if "containers" in spec:
             spec["containers"] = containers
@@ -139,7 +135,7 @@ def merge(pod_spec: Mapping[str, Any], initializer: Initializer,
              initializer.init_containers_first),
             ("volumes", initializer.volumes, "volume", False)):
         if items:
-            spec[key] = _merge_named(list(spec.get(key) or []), items, what, name, first=first)
+            spec[key] = _named(list(spec.get(key) or []), items, what, name, first=first)
     return spec
 
 
