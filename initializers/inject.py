@@ -99,6 +99,11 @@ def _named(existing: list[Any], additions: Sequence[Mapping[str, Any]], what: st
         f"a different {what} of that name"), first=first)
 
 
+def _mount_clash(source: str, container: Any) -> Callable[[Mapping[str, Any]], str]:
+    return lambda mount: (f"initializer {source!r} mounts {mount['mountPath']!r} in container "
+                          f"{container!r}, which already mounts something else there")
+
+
 def merge(pod_spec: Mapping[str, Any], initializer: Initializer,
           sidecars: Iterable[str] = ()) -> dict[str, Any]:
     """`pod_spec` with `initializer` merged in: a new dict, and the input is not changed.
@@ -120,12 +125,9 @@ def merge(pod_spec: Mapping[str, Any], initializer: Initializer,
                     container["env"] = _named(list(original.get("env") or []),
                                               initializer.env, "env variable", name)
                 if initializer.volume_mounts:
-                    where = original.get("name")
                     container["volumeMounts"] = _merge_by(
                         "mountPath", list(original.get("volumeMounts") or []),
-                        initializer.volume_mounts, lambda mount, where=where: (
-                            f"initializer {name!r} mounts {mount['mountPath']!r} in container "
-                            f"{where!r}, which already mounts something else there"))
+                        initializer.volume_mounts, _mount_clash(name, original.get("name")))
             containers.append(container)
         if "containers" in spec:
             spec["containers"] = containers
