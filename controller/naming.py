@@ -17,3 +17,10 @@ def vm_name(namespace: str, group: str, ordinal: int) -> str:
 def longest_vm_name(namespace: str, group: str, replicas: int) -> str:
     """The longest name a group of `replicas` VMs will use (its highest ordinal)."""
     return vm_name(namespace, group, max(replicas - 1, 0))
+
+
+def ordinal(namespace: str, group: str, name: str) -> int | None:
+    """The ordinal of `name` if it is one of the group's VM names, else None."""
+    prefix = vm_name(namespace, group, 0)[:-1]
+    number = name.removeprefix(prefix) if name.startswith(prefix) else ""
+    return int(number) if number.isdigit() and str(int(number)) == number else None
