@@ -1,0 +1,118 @@
+"""The controller's vSphere adapter against VMware's vCenter simulator, driven by the planner."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from pyVmomi import vim
+
+from controller.planner import AddFinalizer, Clone, Group, Plan, RemoveFinalizer, plan
+from controller.vsphere import OWNER_KEY, VCenterConfig, VSphere, VSphereError
+from tests.stack import VCenterInfo, vsphere
+
+pytestmark = pytest.mark.vcenter
+
+
+@pytest.fixture(scope="module")
+def config(vcenter: VCenterInfo) -> VCenterConfig:
+    return VCenterConfig(host=vcenter.host, port=vcenter.port, username=vcenter.username,
+                         password=vcenter.password, ca_file=str(vcenter.ca_file))
+
+
+@pytest.fixture(scope="module")
+def adapter(config: VCenterConfig) -> Iterator[VSphere]:
+    session = VSphere(config)
+    yield session
+    session.close()
+
+
+@pytest.fixture
+def group() -> Group:
+    suffix = uuid.uuid4().hex[:6]
+    return Group(namespace="team-a", name=f"vg-{suffix}", uid=str(uuid.uuid4()), cpu=1,
+                 memory_gb=1, replicas=3, template="vm-operator-template")
+
+
+def converge(adapter: VSphere, group: Group, rounds: int = 10) -> Plan:
+    """Plan, act, observe again: what the controller's reconcile does, minus Kubernetes."""
+    for _ in range(rounds):
+        result = plan(group, adapter.observe(group))
+        if result.converged:
+            return result
+        for action in result.actions:
+            if isinstance(action, AddFinalizer | RemoveFinalizer):  # the Kubernetes side's
+                group = replace(group, has_finalizer=isinstance(action, AddFinalizer))
+            else:
+                adapter.execute(group, action)
+    raise AssertionError(f"no convergence in {rounds} rounds: {result.actions}")
+
+
+def test_clone_carries_owner_size_and_power(adapter: VSphere, group: Group) -> None:
+    adapter.execute(group, Clone("team-a-x-0", 2, 2048, group.template))
+    (vm,) = adapter.observe(group)
+    assert (vm.name, vm.owner_uid, vm.powered_on, vm.cpu, vm.memory_mb) == (
+        "team-a-x-0", group.uid, True, 2, 2048)
+
+
+def test_groups_converge_scale_resize_and_delete(adapter: VSphere, group: Group,
+                                                 vsphere_si: Any) -> None:
+    status = converge(adapter, group).status
+    assert (status.phase, status.current_replicas, status.message) == (
+        "RUNNING", 3, "successfully reconciled VmGroup")
+    vms = adapter.observe(group)
+    assert sorted(v.name for v in vms) == [f"team-a-{group.name}-{i}" for i in range(3)]
+    assert all(v.powered_on and (v.cpu, v.memory_mb) == (1, 1024) for v in vms)
+
+    # Drift: powered off and destroyed behind the controller's back.
+    folder = adapter.group_folder(group)
+    first, second = sorted(folder.childEntity, key=lambda v: v.name)[:2]
+    vsphere.wait_for_task(first.PowerOffVM_Task())
+    vsphere.wait_for_task(second.PowerOffVM_Task())
+    vsphere.wait_for_task(second.Destroy_Task())
+    assert converge(adapter, group).status.current_replicas == 3
+
+    smaller = replace(group, replicas=1, cpu=2)
+    converge(adapter, smaller)
+    (vm,) = adapter.observe(smaller)
+    assert (vm.name, vm.cpu, vm.powered_on) == (f"team-a-{group.name}-0", 2, True)
+
+    converge(adapter, replace(smaller, deleting=True))
+    assert adapter.observe(group) == []
+    assert adapter.group_folder(group) is None
+
+
+def test_vms_without_our_marker_are_never_touched(adapter: VSphere, group: Group,
+                                                  vsphere_si: Any) -> None:
+    converge(adapter, replace(group, replicas=1))
+    folder = adapter.group_folder(group)
+    template = adapter.template(group.template)
+    stranger = vsphere.wait_for_task(template.CloneVM_Task(
+        folder=folder, name=f"team-a-{group.name}-1", spec=vim.vm.CloneSpec(
+            location=vim.vm.RelocateSpec(pool=adapter._pool()), powerOn=False)))
+    # It has one of our names, but not our marker: the plan clones nothing over it, keeps it.
+    converge(adapter, replace(group, replicas=1, deleting=True))
+    assert [v.name for v in adapter.observe(group)] == [stranger.name]
+    assert adapter.group_folder(group) is not None  # not emptied, so not deleted
+    assert not any(o.key == OWNER_KEY for o in stranger.config.extraConfig)
+
+
+def test_missing_template_is_a_clear_error(adapter: VSphere, group: Group) -> None:
+    with pytest.raises(VSphereError, match="template 'no-such-template' not found"):
+        adapter.execute(group, Clone("team-a-x-0", 1, 1024, "no-such-template"))
+
+
+def test_wrong_password_is_a_clear_error_without_the_password(config: VCenterConfig) -> None:
+    with pytest.raises(VSphereError) as caught:
+        VSphere(replace(config, password="hunter2-not-it"))
+    assert "refused the login of vmgroup-operator" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    assert "hunter2" not in repr(replace(config, password="hunter2-not-it"))
+
+
+def test_unverifiable_certificate_is_refused(config: VCenterConfig) -> None:
+    with pytest.raises(VSphereError, match="cannot reach vCenter"):
+        VSphere(replace(config, ca_file=None))  # the system CAs do not know the stack's CA
