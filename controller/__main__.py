@@ -1,24 +1,134 @@
-"""`vmgroup-controller`: reconcile VmGroups against vCenter."""
+"""`vmgroup-controller`: reconcile every VmGroup against vCenter.
+
+Every flag can also be given as an environment variable VMGROUP_CONTROLLER_<FLAG>. The vCenter
+password comes from --vcenter-password-file (a mounted Secret) or VMGROUP_VCENTER_PASSWORD,
+never from a flag (argv is visible to every local user).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import logging.config
+import os
+import signal
 import sys
+import threading
 from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "VMGROUP_CONTROLLER_"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def _env(flag: str, default: Any) -> Any:
+    return os.environ.get(ENV_PREFIX + flag.upper().replace("-", "_"), default)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
         prog="vmgroup-controller",
         description="Controller of vmgroup-operator: clones, powers, resizes, scales and cleans "
         "up the vSphere VMs of every VmGroup and reports their status.",
-    )
-    parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {version('vmgroup-operator')}")
-    parser.parse_args(argv)
-    parser.print_help(sys.stderr)
-    print("\nvmgroup-controller: reconciling is not part of this build yet.", file=sys.stderr)
-    return 2
+        epilog=f"Every flag may be set as an environment variable {ENV_PREFIX}<FLAG>.")
+    p.add_argument("--version", action="version",
+                   version=f"%(prog)s {version('vmgroup-operator')}")
+
+    def add(flag: str, default: Any, help: str, type: type = str) -> None:
+        p.add_argument(f"--{flag}", type=type, default=_env(flag, default), help=help,
+                       required=default is None and _env(flag, None) is None)
+
+    add("kubeconfig", "", "kubeconfig (default: the Pod's service account)")
+    add("vcenter-host", None, "vCenter host name or address")
+    add("vcenter-port", 443, "vCenter port (default: %(default)s)", int)
+    add("vcenter-username", None, "vCenter user")
+    add("vcenter-password-file", "", "file holding the vCenter password (a mounted Secret)")
+    add("vcenter-ca-file", "", "CA bundle to verify vCenter with (default: system CAs)")
+    p.add_argument("--vcenter-insecure", action="store_true",
+                   default=_env("vcenter-insecure", "") in ("1", "true"),
+                   help="do not verify vCenter's certificate (not for production)")
+    add("datacenter", "", "datacenter (default: the only one)")
+    add("base-folder", "vmgroup-operator", "VM folder holding the groups' folders")
+    add("resource-pool", "", "resource pool for new VMs (default: the first cluster's)")
+    add("datastore", "", "datastore for new VMs (default: the template's)")
+    add("workers", 4, "groups reconciled in parallel (default: %(default)s)", int)
+    add("resync-seconds", 600, "every group is looked at this often (default: %(default)s)",
+        float)
+    add("log-level", "info", "debug, info, warning or error (default: %(default)s)")
+    return p
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    if args.vcenter_password_file:
+        return Path(args.vcenter_password_file).read_text().strip()
+    return os.environ.get("VMGROUP_VCENTER_PASSWORD")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    password = _password(args)
+    if not password:
+        print("vmgroup-controller: no vCenter password: give --vcenter-password-file or "
+              "VMGROUP_VCENTER_PASSWORD", file=sys.stderr)
+        return 2
+
+    from webhook import logs  # noqa: PLC0415 - one JSON log format for both parts
+
+    logging.config.dictConfig(logs.dict_config(args.log_level))
+    from kubernetes import client, config  # noqa: PLC0415
+
+    from .informer import Key, VmGroupInformer  # noqa: PLC0415
+    from .queue import WorkQueue  # noqa: PLC0415
+    from .reconciler import Reconciler  # noqa: PLC0415
+    from .vsphere import Sessions, VCenterConfig  # noqa: PLC0415
+
+    if args.kubeconfig:
+        api = config.new_client_from_config(config_file=args.kubeconfig)
+    else:
+        config.load_incluster_config()
+        api = client.ApiClient()
+    sessions = Sessions(VCenterConfig(
+        host=args.vcenter_host, port=args.vcenter_port, username=args.vcenter_username,
+        password=password, ca_file=args.vcenter_ca_file or None,
+        insecure=args.vcenter_insecure, datacenter=args.datacenter or None,
+        base_folder=args.base_folder, resource_pool=args.resource_pool or None,
+        datastore=args.datastore or None))
+    queue: WorkQueue[Key] = WorkQueue()
+    reconciler = Reconciler(api, sessions.get)
+    informer = VmGroupInformer(api, queue, resync_seconds=args.resync_seconds).start()
+    log = logging.getLogger("vmgroup.controller")
+
+    def work() -> None:
+        while (key := queue.get()) is not None:
+            try:
+                outcome = reconciler.reconcile(*key)
+                queue.forget(key)
+                if not outcome.converged:
+                    queue.add_after(key, 1.0)
+            except Exception as exc:
+                delay = queue.retry(key)
+                log.warning("reconcile failed", extra={
+                    "vmgroup": "/".join(key), "error": str(exc), "retry_in": delay})
+                sessions.reset()  # a failure may be a dead session: log in again next time
+            finally:
+                queue.done(key)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    workers = [threading.Thread(target=work, name=f"worker-{i}", daemon=True)
+               for i in range(args.workers)]
+    for worker in workers:
+        worker.start()
+    log.info("started", extra={"workers": args.workers, "vcenter": args.vcenter_host})
+    stop.wait()
+    log.info("stopping")
+    informer.stop()
+    queue.close()
+    for worker in workers:
+        worker.join(timeout=30)
+    sessions.reset()
+    return 0
 
 
 if __name__ == "__main__":

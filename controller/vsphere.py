@@ -8,8 +8,10 @@ exists without it. Secrets (the password) are never logged or put in errors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -257,3 +259,27 @@ class VSphere:
         namespace = self._child_folder(base, group.namespace, False) if base else None
         if namespace is not None and not namespace.childEntity:
             _wait(namespace.Destroy_Task())
+
+
+class Sessions:
+    """One vCenter session shared by the workers: made on first use, and made again after a
+    failure (vCenter restarted, the session expired or was terminated)."""
+
+    def __init__(self, config: VCenterConfig) -> None:
+        self._config = config
+        self._lock = threading.Lock()
+        self._session: VSphere | None = None
+
+    def get(self) -> VSphere:
+        with self._lock:
+            if self._session is None:
+                self._session = VSphere(self._config)
+            return self._session
+
+    def reset(self) -> None:
+        """Forget the session after a failure; the next get() logs in again."""
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            with contextlib.suppress(Exception):  # it may be dead already: that is why
+                session.close()

@@ -19,6 +19,7 @@ from controller.naming import MAX_VSPHERE_NAME, longest_vm_name
 from .admission import AdmissionRequest, GroupVersionKind, allow, deny, json_patch
 
 GROUP, VERSION, KIND = "vm.codeconnect.vmworld.com", "v1alpha1", "VmGroup"
+PLURAL = "vmgroups"
 VMGROUP = GroupVersionKind(GROUP, VERSION, KIND)
 SCALE = GroupVersionKind("autoscaling", "v1", "Scale")
 

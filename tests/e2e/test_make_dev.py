@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import REPO
+from tests.stack import REPO, poll
 from tests.stack.process import exited
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
@@ -34,7 +34,8 @@ def test_dev_up_twice_use_then_down_leaves_nothing(tmp_path: Path) -> None:
     assert "kubectl get vg" in first.stdout
     pids = json.loads((state / "stack.json").read_text())["pids"]
     supervisor = int((state / "supervisor.pid").read_text())
-    assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager", "vcsim", "webhook"}
+    assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager", "vcsim", "webhook",
+                         "controller"}
 
     again = _stack(state, "up")  # running make dev twice is safe
     assert again.returncode == 0, again.stderr
@@ -59,9 +60,14 @@ def test_dev_up_twice_use_then_down_leaves_nothing(tmp_path: Path) -> None:
         "1",  # defaulted by the registered webhook
     ]
     assert (state / "env").stat().st_mode & 0o077 == 0  # it holds the vCenter password
+    # The example converges: the table of the design, from `kubectl get vg`.
+    poll(lambda: _in_dev_shell(state, "kubectl get vg vg-1 --no-headers").stdout.strip().split(
+         None, 7)
+         == ["vg-1", "RUNNING", "3", "3", "1", "1", "vm-operator-template",
+             "successfully reconciled VmGroup"], timeout=60, what="vg-1 to be RUNNING 3 3")
     assert {p.name for p in (state / "logs").iterdir()} >= {
         "etcd.log", "kube-apiserver.log", "kube-controller-manager.log", "vcsim.log",
-        "webhook.log"}
+        "webhook.log", "controller.log"}
 
     down = _stack(state, "down")
     assert down.returncode == 0, down.stderr

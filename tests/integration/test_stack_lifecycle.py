@@ -54,3 +54,18 @@ def test_children_die_with_a_killed_owner(tmp_path: Path) -> None:
     os.kill(owner.pid, signal.SIGKILL)
     owner.wait()
     poll(lambda: exited(vcsim_pid), timeout=15, what="vcsim to die with its owner")
+
+
+@pytest.mark.kube
+def test_forked_children_do_not_outlive_their_part(tmp_path: Path) -> None:
+    """gunicorn's workers are forked (no PR_SET_PDEATHSIG): stopping the webhook must stop them
+    too, even when its master is killed outright."""
+    with LocalStack(tmp_path, vcenter=False) as stack:
+        webhook = stack.start_webhook()
+        master = webhook.process.pid
+        assert master is not None
+        workers = [int(p) for p in Path(f"/proc/{master}/task/{master}/children")
+                   .read_text().split()]
+        assert len(workers) == 2
+        os.kill(master, signal.SIGKILL)  # no graceful shutdown to stop the workers
+    assert all(exited(pid) for pid in workers)

@@ -90,6 +90,7 @@ def serve(state: State) -> int:
     try:
         stack.start()
         webhook = stack.start_webhook()
+        stack.start_controller()
         write_private(state.kubeconfig, stack.kubeconfig.read_bytes())
         write_private(state.env_file, _env_file(state, stack))
         info = {"apiserver": stack.apiserver.url if stack.apiserver else None,
@@ -136,8 +137,8 @@ def up(state: State) -> int:
   API server : {info.get('apiserver')}
   vCenter    : {info.get('vcenter')} (vcsim, template vm-operator-template)
   webhook    : {info.get('webhook')} (vmgroup-webhook, registered by URL)
+  controller : vmgroup-controller (logs/controller.log)
   logs       : {state.logs}/
-  controller : not part of this build yet; it joins `make dev` when it lands.
 
 Next:
   source {os.path.relpath(state.env_file)} && kubectl get vg

@@ -319,3 +319,23 @@ class Webhook:
             registration.url_client_config(self.url, self.ca.read_bytes()), operator_namespace)
         kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", "-",
                 stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": configs}))
+
+
+class Controller:
+    """`vmgroup-controller` against this stack's API server and vcsim."""
+
+    def __init__(self, kubeconfig: Path, vcenter: VCenterInfo, log_dir: Path,
+                 args: Sequence[str] = ()) -> None:
+        self.process = Process("controller", [
+            sys.executable, "-m", "controller", f"--kubeconfig={kubeconfig}",
+            f"--vcenter-host={vcenter.host}", f"--vcenter-port={vcenter.port}",
+            f"--vcenter-username={vcenter.username}", f"--vcenter-ca-file={vcenter.ca_file}",
+            f"--datacenter={vcenter.datacenter}", *args,
+        ], log_dir, env={"VMGROUP_VCENTER_PASSWORD": vcenter.password})
+
+    def start(self) -> None:
+        self.process.start()
+        # It has no port of its own yet: "started" in its log means its workers run.
+        poll(lambda: '"msg": "started"' in self.process.log_path.read_text(),
+             timeout=START_TIMEOUT, what="vmgroup-controller to start",
+             alive=self.process.check_alive)

@@ -141,15 +141,24 @@ class Process:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._popen.pid, sig)
 
+    def _signal_group(self, sig: int) -> None:
+        # Each part runs in a session (and process group) of its own, which its children share:
+        # gunicorn's workers are forked, and PR_SET_PDEATHSIG is not inherited across a fork.
+        if self._popen is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._popen.pid, sig)
+
     def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after `grace` seconds; always reaps the child."""
+        """SIGTERM to the process and its children, SIGKILL after `grace` seconds; always
+        reaps the child and leaves nothing of its process group behind."""
         if self._popen is None:
             return
         if self._popen.poll() is None:
-            self.signal(signal.SIGCONT)  # a paused (SIGSTOPped) process cannot act on SIGTERM
-            self._popen.terminate()
+            self._signal_group(signal.SIGCONT)  # a SIGSTOPped process cannot act on SIGTERM
+            self._signal_group(signal.SIGTERM)
             try:
                 self._popen.wait(grace)
             except subprocess.TimeoutExpired:
-                self._popen.kill()
+                self._signal_group(signal.SIGKILL)
                 self._popen.wait()
+        self._signal_group(signal.SIGKILL)  # whatever of the group outlived its leader

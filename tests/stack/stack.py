@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Protocol
 
 from .components import (
+    Controller,
     Etcd,
     KubeAPIServer,
     KubeControllerManager,
@@ -44,6 +45,7 @@ class LocalStack:
         self.etcd = self.apiserver = self.controller_manager = None
         self.vcsim: VCSim | None = None
         self.webhook: Webhook | None = None
+        self.controller: Controller | None = None
         if kube:
             self.etcd = Etcd(self.pki, work, self.log_dir)
             self.apiserver = KubeAPIServer(self.pki, self.etcd, work, self.log_dir)
@@ -56,7 +58,7 @@ class LocalStack:
     @property
     def parts(self) -> list[_Part]:
         parts: list[_Part | None] = [self.etcd, self.apiserver, self.controller_manager,
-                                     self.vcsim, self.webhook]
+                                     self.vcsim, self.webhook, self.controller]
         return [p for p in parts if p is not None]
 
     @property
@@ -99,6 +101,13 @@ class LocalStack:
         webhook.start()
         webhook.register(self.kubeconfig, operator_namespace)
         return webhook
+
+    def start_controller(self, args: Sequence[str] = ()) -> Controller:
+        """Start vmgroup-controller against this stack's API server and vcsim."""
+        controller = Controller(self.kubeconfig, self.vcenter, self.log_dir, args)
+        self.controller = controller  # from now on stop() stops it too
+        controller.start()
+        return controller
 
     def stop(self) -> None:
         """Stop in reverse order of dependency; never raises, so teardown always completes."""

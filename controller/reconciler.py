@@ -1,0 +1,148 @@
+"""Reconcile one VmGroup: read it, observe vCenter, plan, act, report. The Kubernetes edge.
+
+Level-triggered: it reads the object and vCenter afresh every time, so the same call after a
+restart, a missed event or a failure converges to the same result. A failure is reported in
+status (phase ERROR, a clear lastMessage) and raised, for the queue to retry with backoff.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from webhook.vmgroup import DEFAULTS, GROUP, PLURAL, VERSION
+
+from . import status as status_mod
+from .planner import Clone, Destroy, Group, Reconfigure, RemoveFinalizer, Status, plan
+from .vsphere import VSphere, VSphereError
+
+log = logging.getLogger("vmgroup.controller")
+
+FINALIZER = "vm.codeconnect.vmworld.com/vms"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def to_group(obj: dict[str, Any]) -> Group:
+    """The planner's view of a VmGroup object (defaults as the webhook applies them)."""
+    meta, spec = obj["metadata"], obj.get("spec") or {}
+    template = spec.get("template")
+    if not isinstance(template, str) or not template:
+        raise VSphereError("spec.template is not set")
+    return Group(
+        namespace=meta["namespace"], name=meta["name"], uid=meta["uid"],
+        cpu=int(spec.get("cpu", DEFAULTS["cpu"])),
+        memory_gb=int(spec.get("memory", DEFAULTS["memory"])),
+        replicas=int(spec.get("replicas", DEFAULTS["replicas"])),
+        template=template,
+        deleting=bool(meta.get("deletionTimestamp")),
+        has_finalizer=FINALIZER in (meta.get("finalizers") or []))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    converged: bool  # False: more to do (e.g. a rolling resize): requeue soon
+
+
+class Reconciler:
+    def __init__(self, api: client.ApiClient, vsphere: Callable[[], VSphere]) -> None:
+        self._custom = client.CustomObjectsApi(api)
+        self._core = client.CoreV1Api(api)
+        self._vsphere = vsphere
+
+    def reconcile(self, namespace: str, name: str) -> Outcome:
+        try:
+            obj: dict[str, Any] = self._custom.get_namespaced_custom_object(  # type: ignore[assignment]
+                GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return Outcome(converged=True)  # deleted: its finalizer saw to the VMs
+            raise
+        try:
+            group = to_group(obj)
+            if not group.deleting and not group.has_finalizer:
+                self._patch_finalizers(obj, [*(obj["metadata"].get("finalizers") or []),
+                                             FINALIZER])
+                return Outcome(converged=False)  # our own update brings us back
+            return self._act(obj, group)
+        except VSphereError as exc:
+            self._event(obj, "Warning", "ReconcileFailed", str(exc))
+            previous = obj.get("status") or {}
+            known = Status("ERROR", int(previous.get("currentReplicas", 0)),
+                           int((obj.get("spec") or {}).get("replicas", 0)), str(exc))
+            self._write_status(obj, status_mod.build(known, generation=_generation(obj),
+                                                     previous=previous, now=_now(),
+                                                     error=str(exc)))
+            raise
+
+    def _act(self, obj: dict[str, Any], group: Group) -> Outcome:
+        vsphere = self._vsphere()
+        result = plan(group, vsphere.observe(group))
+        for action in result.actions:
+            if isinstance(action, RemoveFinalizer):
+                self._patch_finalizers(obj, [f for f in obj["metadata"].get("finalizers") or []
+                                             if f != FINALIZER])
+                return Outcome(converged=True)
+            vsphere.execute(group, action)
+            match action:
+                case Clone(vm_name):
+                    self._event(obj, "Normal", "Created", f"created VM {vm_name}")
+                case Destroy(vm_name):
+                    self._event(obj, "Normal", "Deleted", f"deleted VM {vm_name}")
+                case Reconfigure(vm_name, cpu, memory_mb):
+                    self._event(obj, "Normal", "Reconfigured",
+                                f"reconfigured VM {vm_name} to {cpu} vCPUs, {memory_mb} MB")
+        if result.actions:
+            result = plan(group, vsphere.observe(group))  # report what is, after acting
+        self._write_status(obj, status_mod.build(result.status, generation=_generation(obj),
+                                                 previous=obj.get("status"), now=_now()))
+        return Outcome(converged=result.converged)
+
+    def _patch_finalizers(self, obj: dict[str, Any], finalizers: list[str]) -> None:
+        meta = obj["metadata"]
+        # resourceVersion makes the patch fail instead of overwriting a concurrent change.
+        self._custom.patch_namespaced_custom_object(
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],
+            {"metadata": {"finalizers": finalizers, "resourceVersion":
+                          meta["resourceVersion"]}})
+
+    def _write_status(self, obj: dict[str, Any], new: dict[str, Any]) -> None:
+        if obj.get("status") == new:
+            return  # unchanged: no write, so no event that would bring us back
+        meta = obj["metadata"]
+        try:
+            self._custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": new})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def _event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        meta = obj["metadata"]
+        now = datetime.datetime.now(datetime.UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.",
+                                         namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind="VmGroup", name=meta["name"],
+                namespace=meta["namespace"], uid=meta["uid"]),
+            reason=reason, message=message[:1024], type=kind, count=1,
+            first_timestamp=now, last_timestamp=now,
+            source=client.V1EventSource(component="vmgroup-controller"),
+            reporting_component="vmgroup-controller")
+        try:
+            self._core.create_namespaced_event(meta["namespace"], event)
+        except ApiException as exc:  # an event is worth a log line, not a failed reconcile
+            log.warning("could not record an event", extra={"status": exc.status})
+
+
+def _generation(obj: dict[str, Any]) -> int:
+    return int(obj["metadata"].get("generation", 0))

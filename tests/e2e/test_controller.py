@@ -1,0 +1,120 @@
+"""The controller end to end: kubectl against the real API server, VMs in VMware's vcsim."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.planner import Group, Vm
+from controller.vsphere import VCenterConfig, VSphere
+from tests.stack import REPO, LocalStack, poll
+from tests.stack.components import kubectl
+
+pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
+
+EXAMPLE = REPO / "examples" / "vmgroup.yaml"
+NAMESPACE = "team-a"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A whole stack of its own: API server, vcsim, webhook and controller."""
+    with LocalStack(tmp_path_factory.mktemp("controller")) as local:
+        kubectl(local.kubeconfig, "apply", "--server-side", "-f",
+                str(REPO / "charts/vmgroup-operator/crds/vmgroups.vm.codeconnect.vmworld.com"
+                    ".yaml"))
+        kubectl(local.kubeconfig, "wait", "--for=condition=Established",
+                "crd/vmgroups.vm.codeconnect.vmworld.com")
+        kubectl(local.kubeconfig, "create", "namespace", NAMESPACE)
+        local.start_webhook()
+        local.start_controller()
+        yield local
+
+
+@pytest.fixture(scope="module")
+def vcenter(stack: LocalStack) -> Iterator[VSphere]:
+    info = stack.vcenter
+    session = VSphere(VCenterConfig(host=info.host, port=info.port, username=info.username,
+                                    password=info.password, ca_file=str(info.ca_file)))
+    yield session
+    session.close()
+
+
+def _kubectl(stack: LocalStack) -> Callable[..., str]:
+    return lambda *args, **kw: kubectl(stack.kubeconfig, "-n", NAMESPACE, *args, **kw)
+
+
+def _row(stack: LocalStack) -> list[str]:
+    lines = _kubectl(stack)("get", "vg", "vg-1").splitlines()
+    return lines[1].split(None, 7) if len(lines) > 1 else []
+
+
+def _vms(stack: LocalStack, vcenter: VSphere) -> list[Vm]:
+    obj = json.loads(_kubectl(stack)("get", "vg", "vg-1", "-o", "json"))
+    group = Group(NAMESPACE, "vg-1", obj["metadata"]["uid"], 1, 1, 0, "")
+    return [vm for vm in vcenter.observe(group) if vm.owner_uid == group.uid]
+
+
+def _wait_for_row(stack: LocalStack, row: list[str], timeout: float = 30) -> None:
+    poll(lambda: _row(stack) == row, timeout=timeout,
+         what=f"kubectl get vg to show {row} (last: {_row(stack)})")
+
+
+def test_example_converges_scales_resizes_and_deletes(stack: LocalStack,
+                                                     vcenter: VSphere) -> None:
+    run = _kubectl(stack)
+    run("create", "-f", str(EXAMPLE))
+    _wait_for_row(stack, ["vg-1", "RUNNING", "3", "3", "1", "1", "vm-operator-template",
+                          "successfully reconciled VmGroup"])
+    vms = _vms(stack, vcenter)
+    assert len(vms) == 3
+    assert all(vm.powered_on and (vm.cpu, vm.memory_mb) == (1, 1024) for vm in vms)
+    events = run("get", "events", "--field-selector", "involvedObject.name=vg-1", "-o", "json")
+    assert sum(e["reason"] == "Created" for e in json.loads(events)["items"]) == 3
+
+    run("scale", "vg", "vg-1", "--replicas=5")
+    _wait_for_row(stack, ["vg-1", "RUNNING", "5", "5", "1", "1", "vm-operator-template",
+                          "successfully reconciled VmGroup"])
+    run("scale", "vg", "vg-1", "--replicas=1")
+    _wait_for_row(stack, ["vg-1", "RUNNING", "1", "1", "1", "1", "vm-operator-template",
+                          "successfully reconciled VmGroup"])
+    assert [vm.name for vm in _vms(stack, vcenter)] == ["team-a-vg-1-0"]
+
+    run("patch", "vg", "vg-1", "--type=merge", "-p", '{"spec": {"cpu": 2}}')
+    _wait_for_row(stack, ["vg-1", "RUNNING", "1", "1", "2", "1", "vm-operator-template",
+                          "successfully reconciled VmGroup"])
+    assert [vm.cpu for vm in _vms(stack, vcenter)] == [2]
+
+    uid = json.loads(run("get", "vg", "vg-1", "-o", "json"))["metadata"]["uid"]
+    run("delete", "vg", "vg-1", "--timeout=60s")
+    group = Group(NAMESPACE, "vg-1", uid, 1, 1, 0, "")
+    assert vcenter.observe(group) == []
+    assert vcenter.group_folder(group) is None
+
+
+def test_a_missing_template_is_an_error_status_not_a_crash(stack: LocalStack) -> None:
+    run = _kubectl(stack)
+    run("create", "-f", "-", stdin=json.dumps({
+        "apiVersion": "vm.codeconnect.vmworld.com/v1alpha1", "kind": "VmGroup",
+        "metadata": {"name": "broken"}, "spec": {"template": "no-such-template"}}))
+
+    def error() -> dict[str, Any] | None:
+        status = json.loads(run("get", "vg", "broken", "-o", "json")).get("status") or {}
+        return status if status.get("phase") == "ERROR" else None
+
+    status = poll(error, timeout=30, what="phase ERROR")
+    assert status["lastMessage"] == "template 'no-such-template' not found in datacenter 'DC0'"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Error")
+    assert stack.controller is not None
+    assert stack.controller.process.running()
+    run("delete", "vg", "broken", "--timeout=60s")
+
+
+def test_the_controller_never_logs_the_password(stack: LocalStack) -> None:
+    assert stack.controller is not None
+    assert stack.vcenter.password not in Path(stack.controller.process.log_path).read_text()
