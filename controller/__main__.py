@@ -52,6 +52,8 @@ def parser() -> argparse.ArgumentParser:
     add("resource-pool", "", "resource pool for new VMs (default: the first cluster's)")
     add("datastore", "", "datastore for new VMs (default: the template's)")
     add("workers", 4, "groups reconciled in parallel (default: %(default)s)", int)
+    add("max-vcenter-tasks", 10, "vCenter tasks at once, all groups together "
+        "(default: %(default)s)", int)
     add("resync-seconds", 600, "every group is looked at this often (default: %(default)s)",
         float)
     add("log-level", "info", "debug, info, warning or error (default: %(default)s)")
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.config.dictConfig(logs.dict_config(args.log_level))
     from kubernetes import client, config  # noqa: PLC0415
 
+    from .feed import VCenterFeed  # noqa: PLC0415
     from .informer import Key, VmGroupInformer  # noqa: PLC0415
     from .queue import WorkQueue  # noqa: PLC0415
     from .reconciler import Reconciler  # noqa: PLC0415
@@ -87,15 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         config.load_incluster_config()
         api = client.ApiClient()
-    sessions = Sessions(VCenterConfig(
+    vcenter = VCenterConfig(
         host=args.vcenter_host, port=args.vcenter_port, username=args.vcenter_username,
         password=password, ca_file=args.vcenter_ca_file or None,
         insecure=args.vcenter_insecure, datacenter=args.datacenter or None,
         base_folder=args.base_folder, resource_pool=args.resource_pool or None,
-        datastore=args.datastore or None))
+        datastore=args.datastore or None, max_tasks=args.max_vcenter_tasks)
+    sessions = Sessions(vcenter)
     queue: WorkQueue[Key] = WorkQueue()
     reconciler = Reconciler(api, sessions.get)
     informer = VmGroupInformer(api, queue, resync_seconds=args.resync_seconds).start()
+    feed = VCenterFeed(vcenter, queue.add).start()
     log = logging.getLogger("vmgroup.controller")
 
     def work() -> None:
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     log.info("stopping")
     informer.stop()
+    feed.stop()
     queue.close()
     for worker in workers:
         worker.join(timeout=30)

@@ -58,6 +58,7 @@ class VCenterConfig:
     base_folder: str = "vmgroup-operator"
     resource_pool: str | None = None  # None: the first cluster's root pool
     datastore: str | None = None  # None: the template's
+    max_tasks: int = 10  # vCenter tasks (clone, power, reconfigure, destroy) at once
 
 
 def _ssl_context(config: VCenterConfig) -> ssl.SSLContext:
@@ -88,8 +89,10 @@ def _wait(task: Any, timeout: float = TASK_TIMEOUT) -> Any:
 class VSphere:
     """One logged-in vCenter session and the inventory objects the controller uses."""
 
-    def __init__(self, config: VCenterConfig) -> None:
+    def __init__(self, config: VCenterConfig, tasks: threading.Semaphore | None = None) -> None:
         self.config = config
+        # Shared by every session of the process: at most this many vCenter tasks at once.
+        self._tasks = tasks or threading.Semaphore(config.max_tasks)
         try:
             self.si = SmartConnect(host=config.host, port=config.port, user=config.username,
                                    pwd=config.password, sslContext=_ssl_context(config),
@@ -156,12 +159,15 @@ class VSphere:
         except vim.fault.DuplicateName as exc:  # made meanwhile by another worker
             return exc.object
 
+    def base_folder(self, *, create: bool = False) -> Any | None:
+        return self._child_folder(self.datacenter.vmFolder, self.config.base_folder, create)
+
     def group_folder(self, group: Group, *, create: bool = False) -> Any | None:
-        folder = self.datacenter.vmFolder
-        for name in (self.config.base_folder, group.namespace, group.name):
-            folder = self._child_folder(folder, name, create)
+        folder = self.base_folder(create=create)
+        for name in (group.namespace, group.name):
             if folder is None:
                 return None
+            folder = self._child_folder(folder, name, create)
         return folder
 
     # --- observing ---------------------------------------------------------------------------
@@ -210,23 +216,28 @@ class VSphere:
             case Clone():
                 self._clone(group, action)
             case PowerOn(name):
-                _wait(self._vm(group, name).PowerOnVM_Task())
+                self._task(self._vm(group, name).PowerOnVM_Task)
             case Reconfigure(name, cpu, memory_mb):
                 vm = self._vm(group, name)
                 if vm.runtime.powerState == "poweredOn":
-                    _wait(vm.PowerOffVM_Task())
-                _wait(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(numCPUs=cpu,
-                                                                memoryMB=memory_mb)))
-                _wait(vm.PowerOnVM_Task())
+                    self._task(vm.PowerOffVM_Task)
+                self._task(vm.ReconfigVM_Task,
+                           spec=vim.vm.ConfigSpec(numCPUs=cpu, memoryMB=memory_mb))
+                self._task(vm.PowerOnVM_Task)
             case Destroy(name):
                 vm = self._vm(group, name)
                 if vm.runtime.powerState == "poweredOn":
-                    _wait(vm.PowerOffVM_Task())
-                _wait(vm.Destroy_Task())
+                    self._task(vm.PowerOffVM_Task)
+                self._task(vm.Destroy_Task)
             case DeleteFolder():
                 self._delete_folders(group)
             case AddFinalizer() | RemoveFinalizer():
                 raise ValueError(f"{action} is not a vSphere action")
+
+    def _task(self, method: Any, **kwargs: Any) -> Any:
+        """Start a vSphere task and wait for it, within the process's cap on tasks at once."""
+        with self._tasks:
+            return _wait(method(**kwargs))
 
     def _clone(self, group: Group, action: Clone) -> None:
         template = self.template(action.template)
@@ -238,27 +249,29 @@ class VSphere:
                 raise VSphereError(f"datastore {self.config.datastore!r} not found")
             relocate.datastore = datastore
         spec = vim.vm.CloneSpec(
-            location=relocate, template=False, powerOn=True,
+            location=relocate, template=False, powerOn=False,
             config=vim.vm.ConfigSpec(
                 numCPUs=action.cpu, memoryMB=action.memory_mb,
                 extraConfig=[vim.option.OptionValue(key=OWNER_KEY, value=group.uid)]))
         try:
-            _wait(template.CloneVM_Task(folder=folder, name=action.name, spec=spec))
+            clone = self._task(template.CloneVM_Task, folder=folder, name=action.name, spec=spec)
         except VSphereError as exc:
             if not isinstance(exc.fault, vim.fault.DuplicateName):
                 raise
             # Made by an earlier attempt (a crash after the clone): the next observation
             # decides what to do with it.
+            return
+        self._task(clone.PowerOnVM_Task)  # explicitly, as its own tracked task
 
     def _delete_folders(self, group: Group) -> None:
         """The group's folder, then its namespace folder when no other group uses it."""
         folder = self.group_folder(group)
         if folder is not None and not folder.childEntity:
-            _wait(folder.Destroy_Task())
-        base = self._child_folder(self.datacenter.vmFolder, self.config.base_folder, False)
+            self._task(folder.Destroy_Task)
+        base = self.base_folder()
         namespace = self._child_folder(base, group.namespace, False) if base else None
         if namespace is not None and not namespace.childEntity:
-            _wait(namespace.Destroy_Task())
+            self._task(namespace.Destroy_Task)
 
 
 class Sessions:
@@ -269,11 +282,12 @@ class Sessions:
         self._config = config
         self._lock = threading.Lock()
         self._session: VSphere | None = None
+        self._tasks = threading.Semaphore(config.max_tasks)  # survives re-logins
 
     def get(self) -> VSphere:
         with self._lock:
             if self._session is None:
-                self._session = VSphere(self._config)
+                self._session = VSphere(self._config, self._tasks)
             return self._session
 
     def reset(self) -> None:

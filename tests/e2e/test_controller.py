@@ -11,7 +11,7 @@ import pytest
 
 from controller.planner import Group, Vm
 from controller.vsphere import VCenterConfig, VSphere
-from tests.stack import REPO, LocalStack, poll
+from tests.stack import REPO, LocalStack, poll, vsphere
 from tests.stack.components import kubectl
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
@@ -31,7 +31,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
                 "crd/vmgroups.vm.codeconnect.vmworld.com")
         kubectl(local.kubeconfig, "create", "namespace", NAMESPACE)
         local.start_webhook()
-        local.start_controller()
+        local.start_controller(["--log-level=debug"])  # the feed's changes are debug lines
         yield local
 
 
@@ -118,3 +118,35 @@ def test_a_missing_template_is_an_error_status_not_a_crash(stack: LocalStack) ->
 def test_the_controller_never_logs_the_password(stack: LocalStack) -> None:
     assert stack.controller is not None
     assert stack.vcenter.password not in Path(stack.controller.process.log_path).read_text()
+
+
+def test_drift_is_repaired_in_seconds_not_at_resync(stack: LocalStack, vcenter: VSphere) -> None:
+    """A VM powered off and one destroyed behind the controller's back come back through the
+    vCenter change feed (the resync is 10 minutes away)."""
+    run = _kubectl(stack)
+    run("create", "-f", str(EXAMPLE))
+    converged = ["vg-1", "RUNNING", "3", "3", "1", "1", "vm-operator-template",
+                 "successfully reconciled VmGroup"]
+    _wait_for_row(stack, converged)
+    obj = json.loads(run("get", "vg", "vg-1", "-o", "json"))
+    folder = vcenter.group_folder(Group(NAMESPACE, "vg-1", obj["metadata"]["uid"], 1, 1, 0, ""))
+    first, second = sorted(folder.childEntity, key=lambda v: v.name)[:2]
+    assert stack.controller is not None
+    log = stack.controller.process.log_path
+    seen = len(log.read_text())
+    vsphere.wait_for_task(first.PowerOffVM_Task())
+    vsphere.wait_for_task(second.PowerOffVM_Task())
+    vsphere.wait_for_task(second.Destroy_Task())
+
+    def repaired() -> bool:
+        vms = _vms(stack, vcenter)
+        return len(vms) == 3 and all(vm.powered_on for vm in vms)
+
+    poll(repaired, timeout=30, what="the controller to repair the drift")
+    _wait_for_row(stack, converged)
+    # ... because the feed reported the changes, not because a reconcile happened to be due.
+    feed = [json.loads(line) for line in log.read_text()[seen:].splitlines()
+            if '"vCenter change"' in line]
+    assert {(e["vmgroup"], e["kind"]) for e in feed} >= {
+        (f"{NAMESPACE}/vg-1", "modify"), (f"{NAMESPACE}/vg-1", "leave")}
+    run("delete", "vg", "vg-1", "--timeout=60s")
