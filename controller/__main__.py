@@ -14,6 +14,8 @@ import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
         "(default: %(default)s)", int)
     add("resync-seconds", 600, "every group is looked at this often (default: %(default)s)",
         float)
+    add("health-bind", "0.0.0.0:8080", "/healthz, /readyz and /metrics (default: %(default)s)")
     add("log-level", "info", "debug, info, warning or error (default: %(default)s)")
     return p
 
@@ -64,6 +67,34 @@ def _password(args: argparse.Namespace) -> str | None:
     if args.vcenter_password_file:
         return Path(args.vcenter_password_file).read_text().strip()
     return os.environ.get("VMGROUP_VCENTER_PASSWORD")
+
+
+def _worker(queue: Any, reconciler: Any, reset_session: Any,
+            log: logging.Logger) -> Callable[[], None]:
+    """A worker: take a key, reconcile it, requeue it when unfinished or (with backoff) failed."""
+    from . import metrics  # noqa: PLC0415 - after logging is configured
+
+    def work() -> None:
+        while (key := queue.get()) is not None:
+            started = time.perf_counter()
+            try:
+                outcome = reconciler.reconcile(*key)
+                queue.forget(key)
+                metrics.RECONCILES.labels(
+                    "converged" if outcome.converged else "progressing").inc()
+                if not outcome.converged:
+                    queue.add_after(key, 1.0)
+            except Exception as exc:
+                metrics.RECONCILES.labels("error").inc()
+                delay = queue.retry(key)
+                log.warning("reconcile failed", extra={
+                    "vmgroup": "/".join(key), "error": str(exc), "retry_in": delay})
+                reset_session()  # a failure may be a dead session: log in again next time
+            finally:
+                metrics.DURATION.observe(time.perf_counter() - started)
+                queue.done(key)
+
+    return work
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.config.dictConfig(logs.dict_config(args.log_level))
     from kubernetes import client, config  # noqa: PLC0415
 
+    from . import metrics  # noqa: PLC0415
     from .feed import VCenterFeed  # noqa: PLC0415
     from .informer import Key, VmGroupInformer  # noqa: PLC0415
     from .queue import WorkQueue  # noqa: PLC0415
@@ -102,21 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     informer = VmGroupInformer(api, queue, resync_seconds=args.resync_seconds).start()
     feed = VCenterFeed(vcenter, queue.add).start()
     log = logging.getLogger("vmgroup.controller")
-
-    def work() -> None:
-        while (key := queue.get()) is not None:
-            try:
-                outcome = reconciler.reconcile(*key)
-                queue.forget(key)
-                if not outcome.converged:
-                    queue.add_after(key, 1.0)
-            except Exception as exc:
-                delay = queue.retry(key)
-                log.warning("reconcile failed", extra={
-                    "vmgroup": "/".join(key), "error": str(exc), "retry_in": delay})
-                sessions.reset()  # a failure may be a dead session: log in again next time
-            finally:
-                queue.done(key)
+    work = _worker(queue, reconciler, sessions.reset, log)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -125,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
                for i in range(args.workers)]
     for worker in workers:
         worker.start()
+    metrics.QUEUE_DEPTH.set_function(lambda: len(queue))
+    health = metrics.serve(args.health_bind,
+                           healthy=lambda: all(w.is_alive() for w in workers),
+                           ready=informer.synced.is_set)
     log.info("started", extra={"workers": args.workers, "vcenter": args.vcenter_host})
     stop.wait()
     log.info("stopping")
@@ -133,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     queue.close()
     for worker in workers:
         worker.join(timeout=30)
+    health.shutdown()
     sessions.reset()
     return 0
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
+from . import metrics
 from .vsphere import VCenterConfig, VSphere
 
 log = logging.getLogger("vmgroup.controller.feed")
@@ -74,6 +75,7 @@ class VCenterFeed:
             version = ""
             options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=MAX_WAIT_SECONDS)
             while not self._stop.is_set():
+                metrics.VCENTER_CALLS.labels("WaitForUpdatesEx").inc()
                 update = collector.WaitForUpdatesEx(version, options)
                 if update is None:
                     continue  # the long poll timed out: nothing changed

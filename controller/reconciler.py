@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from webhook.vmgroup import DEFAULTS, GROUP, PLURAL, VERSION
 
+from . import metrics
 from . import status as status_mod
 from .planner import Clone, Destroy, Group, Reconfigure, RemoveFinalizer, Status, plan
 from .vsphere import VSphere, VSphereError
@@ -64,6 +65,7 @@ class Reconciler:
                 GROUP, VERSION, namespace, PLURAL, name)
         except ApiException as exc:
             if exc.status == 404:
+                metrics.observed_vms((namespace, name), None)
                 return Outcome(converged=True)  # deleted: its finalizer saw to the VMs
             raise
         try:
@@ -85,7 +87,8 @@ class Reconciler:
 
     def _act(self, obj: dict[str, Any], group: Group) -> Outcome:
         vsphere = self._vsphere()
-        result = plan(group, vsphere.observe(group))
+        observed = vsphere.observe(group)
+        result = plan(group, observed)
         for action in result.actions:
             if isinstance(action, RemoveFinalizer):
                 self._patch_finalizers(obj, [f for f in obj["metadata"].get("finalizers") or []
@@ -101,7 +104,10 @@ class Reconciler:
                     self._event(obj, "Normal", "Reconfigured",
                                 f"reconfigured VM {vm_name} to {cpu} vCPUs, {memory_mb} MB")
         if result.actions:
-            result = plan(group, vsphere.observe(group))  # report what is, after acting
+            observed = vsphere.observe(group)  # report what is, after acting
+            result = plan(group, observed)
+        metrics.observed_vms((group.namespace, group.name),
+                             sum(vm.owner_uid == group.uid for vm in observed))
         self._write_status(obj, status_mod.build(result.status, generation=_generation(obj),
                                                  previous=obj.get("status"), now=_now()))
         return Outcome(converged=result.converged)

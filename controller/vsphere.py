@@ -19,6 +19,7 @@ from typing import Any
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
+from . import metrics
 from .planner import (
     Action,
     AddFinalizer,
@@ -187,6 +188,7 @@ class VSphere:
                     type=vim.VirtualMachine, pathSet=[
                         "name", "runtime.powerState", "config.hardware.numCPU",
                         "config.hardware.memoryMB", "config.extraConfig"])])
+            metrics.VCENTER_CALLS.labels("RetrieveContents").inc()
             result = self.content.propertyCollector.RetrieveContents([spec])
         finally:
             view.Destroy()
@@ -216,28 +218,30 @@ class VSphere:
             case Clone():
                 self._clone(group, action)
             case PowerOn(name):
-                self._task(self._vm(group, name).PowerOnVM_Task)
+                self._task(self._vm(group, name), "PowerOnVM_Task")
             case Reconfigure(name, cpu, memory_mb):
                 vm = self._vm(group, name)
                 if vm.runtime.powerState == "poweredOn":
-                    self._task(vm.PowerOffVM_Task)
-                self._task(vm.ReconfigVM_Task,
+                    self._task(vm, "PowerOffVM_Task")
+                self._task(vm, "ReconfigVM_Task",
                            spec=vim.vm.ConfigSpec(numCPUs=cpu, memoryMB=memory_mb))
-                self._task(vm.PowerOnVM_Task)
+                self._task(vm, "PowerOnVM_Task")
             case Destroy(name):
                 vm = self._vm(group, name)
                 if vm.runtime.powerState == "poweredOn":
-                    self._task(vm.PowerOffVM_Task)
-                self._task(vm.Destroy_Task)
+                    self._task(vm, "PowerOffVM_Task")
+                self._task(vm, "Destroy_Task")
             case DeleteFolder():
                 self._delete_folders(group)
             case AddFinalizer() | RemoveFinalizer():
                 raise ValueError(f"{action} is not a vSphere action")
 
-    def _task(self, method: Any, **kwargs: Any) -> Any:
-        """Start a vSphere task and wait for it, within the process's cap on tasks at once."""
+    def _task(self, obj: Any, method: str, **kwargs: Any) -> Any:
+        """Run `obj.method(**kwargs)`, a vSphere task, and wait for it, within the process's
+        cap on tasks at once."""
+        metrics.VCENTER_CALLS.labels(method).inc()
         with self._tasks:
-            return _wait(method(**kwargs))
+            return _wait(getattr(obj, method)(**kwargs))
 
     def _clone(self, group: Group, action: Clone) -> None:
         template = self.template(action.template)
@@ -254,24 +258,25 @@ class VSphere:
                 numCPUs=action.cpu, memoryMB=action.memory_mb,
                 extraConfig=[vim.option.OptionValue(key=OWNER_KEY, value=group.uid)]))
         try:
-            clone = self._task(template.CloneVM_Task, folder=folder, name=action.name, spec=spec)
+            clone = self._task(template, "CloneVM_Task", folder=folder, name=action.name,
+                               spec=spec)
         except VSphereError as exc:
             if not isinstance(exc.fault, vim.fault.DuplicateName):
                 raise
             # Made by an earlier attempt (a crash after the clone): the next observation
             # decides what to do with it.
             return
-        self._task(clone.PowerOnVM_Task)  # explicitly, as its own tracked task
+        self._task(clone, "PowerOnVM_Task")  # explicitly, as its own tracked task
 
     def _delete_folders(self, group: Group) -> None:
         """The group's folder, then its namespace folder when no other group uses it."""
         folder = self.group_folder(group)
         if folder is not None and not folder.childEntity:
-            self._task(folder.Destroy_Task)
+            self._task(folder, "Destroy_Task")
         base = self.base_folder()
         namespace = self._child_folder(base, group.namespace, False) if base else None
         if namespace is not None and not namespace.childEntity:
-            self._task(namespace.Destroy_Task)
+            self._task(namespace, "Destroy_Task")
 
 
 class Sessions:

@@ -150,3 +150,14 @@ def test_drift_is_repaired_in_seconds_not_at_resync(stack: LocalStack, vcenter: 
     assert {(e["vmgroup"], e["kind"]) for e in feed} >= {
         (f"{NAMESPACE}/vg-1", "modify"), (f"{NAMESPACE}/vg-1", "leave")}
     run("delete", "vg", "vg-1", "--timeout=60s")
+
+
+def test_health_and_metrics(stack: LocalStack) -> None:
+    assert stack.controller is not None
+    assert stack.controller.get("/healthz") == b"ok"
+    metrics = stack.controller.get("/metrics").decode()
+    for name in ("vmgroup_controller_reconciles_total", "vmgroup_controller_queue_depth",
+                 "vmgroup_controller_managed_vms", "vmgroup_controller_reconcile_duration"):
+        assert name in metrics
+    assert 'vmgroup_controller_vcenter_calls_total{method="CloneVM_Task"}' in metrics
+    assert 'vmgroup_controller_vcenter_calls_total{method="WaitForUpdatesEx"}' in metrics

@@ -89,6 +89,7 @@ def serve(state: State) -> int:
     stack = LocalStack(state.work, log_dir=state.logs)
     try:
         stack.start()
+        _install_api(stack.kubeconfig)  # the controller lists VmGroups as soon as it starts
         webhook = stack.start_webhook()
         stack.start_controller()
         write_private(state.kubeconfig, stack.kubeconfig.read_bytes())
@@ -106,16 +107,20 @@ def serve(state: State) -> int:
     return 0
 
 
-def _set_up_cluster(state: State) -> None:
-    """Idempotent: CRD, operator namespace, the example VmGroup."""
-    config = state.kubeconfig
+def _install_api(config: Path) -> None:
+    """Idempotent: the CRD (as the repository has it now) and the operator namespace."""
     kubectl(config, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
     kubectl(config, "wait", "--for=condition=Established", "--timeout=60s",
             "crd/vmgroups.vm.codeconnect.vmworld.com")
     namespace = kubectl(config, "create", "namespace", OPERATOR_NAMESPACE,
                         "--dry-run=client", "-o", "yaml")
     kubectl(config, "apply", "-f", "-", stdin=namespace)
-    kubectl(config, "apply", "-f", str(EXAMPLE))
+
+
+def _set_up_cluster(state: State) -> None:
+    """Idempotent: the CRD again (it may have changed since the stack started), the example."""
+    _install_api(state.kubeconfig)
+    kubectl(state.kubeconfig, "apply", "-f", str(EXAMPLE))
 
 
 @contextlib.contextmanager

@@ -326,16 +326,21 @@ class Controller:
 
     def __init__(self, kubeconfig: Path, vcenter: VCenterInfo, log_dir: Path,
                  args: Sequence[str] = ()) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"  # health and metrics, loopback only
         self.process = Process("controller", [
             sys.executable, "-m", "controller", f"--kubeconfig={kubeconfig}",
+            f"--health-bind=127.0.0.1:{self.port}",
             f"--vcenter-host={vcenter.host}", f"--vcenter-port={vcenter.port}",
             f"--vcenter-username={vcenter.username}", f"--vcenter-ca-file={vcenter.ca_file}",
             f"--datacenter={vcenter.datacenter}", *args,
         ], log_dir, env={"VMGROUP_VCENTER_PASSWORD": vcenter.password})
 
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=5) as resp:  # noqa: S310
+            return bytes(resp.read())
+
     def start(self) -> None:
         self.process.start()
-        # It has no port of its own yet: "started" in its log means its workers run.
-        poll(lambda: '"msg": "started"' in self.process.log_path.read_text(),
-             timeout=START_TIMEOUT, what="vmgroup-controller to start",
-             alive=self.process.check_alive)
+        poll(lambda: self.get("/readyz") == b"ok", timeout=START_TIMEOUT,
+             what="vmgroup-controller /readyz", alive=self.process.check_alive)
