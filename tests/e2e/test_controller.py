@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,16 @@ pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
 
 EXAMPLE = REPO / "examples" / "vmgroup.yaml"
 NAMESPACE = "team-a"
+CONTROLLER_ARGS = ["--log-level=debug"]  # the feed's changes are debug lines
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """A whole stack of its own: API server, vcsim, webhook and controller."""
-    with LocalStack(tmp_path_factory.mktemp("controller")) as local:
+    # Clones take half a second, as a (fast) real vCenter's would: there is a "middle" of a
+    # scale-up to kill the controller in.
+    with LocalStack(tmp_path_factory.mktemp("controller"),
+                    vcsim_method_delays={"CloneVM_Task": 500}) as local:
         kubectl(local.kubeconfig, "apply", "--server-side", "-f",
                 str(REPO / "charts/vmgroup-operator/crds/vmgroups.vm.codeconnect.vmworld.com"
                     ".yaml"))
@@ -31,7 +36,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
                 "crd/vmgroups.vm.codeconnect.vmworld.com")
         kubectl(local.kubeconfig, "create", "namespace", NAMESPACE)
         local.start_webhook()
-        local.start_controller(["--log-level=debug"])  # the feed's changes are debug lines
+        local.start_controller(CONTROLLER_ARGS)
         yield local
 
 
@@ -161,3 +166,40 @@ def test_health_and_metrics(stack: LocalStack) -> None:
         assert name in metrics
     assert 'vmgroup_controller_vcenter_calls_total{method="CloneVM_Task"}' in metrics
     assert 'vmgroup_controller_vcenter_calls_total{method="WaitForUpdatesEx"}' in metrics
+
+
+def _running(replicas: int) -> list[str]:
+    return ["vg-1", "RUNNING", str(replicas), str(replicas), "1", "1", "vm-operator-template",
+            "successfully reconciled VmGroup"]
+
+
+def test_killed_mid_scale_up_and_restarted_ends_with_exactly_the_desired_vms(
+        stack: LocalStack, vcenter: VSphere) -> None:
+    run = _kubectl(stack)
+    run("create", "-f", str(EXAMPLE))
+    _wait_for_row(stack, _running(3))
+    run("scale", "vg", "vg-1", "--replicas=6")
+    poll(lambda: 3 < len(_vms(stack, vcenter)) < 6, timeout=30,
+         what="the scale-up to be under way")
+    assert stack.controller is not None
+    stack.controller.process.signal(signal.SIGKILL)  # no chance to finish anything
+    stack.start_controller(CONTROLLER_ARGS)
+    _wait_for_row(stack, _running(6), timeout=60)
+    names = sorted(vm.name for vm in _vms(stack, vcenter))
+    assert names == sorted(f"team-a-vg-1-{i}" for i in range(6))  # no duplicate, no gap
+    run("delete", "vg", "vg-1", "--timeout=60s")
+
+
+def test_a_terminated_vcenter_session_is_replaced(stack: LocalStack, vcenter: VSphere) -> None:
+    run = _kubectl(stack)
+    run("create", "-f", str(EXAMPLE))
+    _wait_for_row(stack, _running(3))
+    manager = vcenter.content.sessionManager
+    ours = manager.currentSession.key
+    others = [s.key for s in manager.sessionList if s.key != ours]
+    assert others  # the controller's worker and feed sessions
+    manager.TerminateSession(sessionId=others)  # behind the controller's back
+    run("scale", "vg", "vg-1", "--replicas=2")
+    _wait_for_row(stack, _running(2), timeout=60)
+    assert len(_vms(stack, vcenter)) == 2
+    run("delete", "vg", "vg-1", "--timeout=60s")
