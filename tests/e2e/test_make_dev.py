@@ -29,6 +29,13 @@ def _in_dev_shell(state: Path, script: str) -> subprocess.CompletedProcess[str]:
 
 def test_dev_up_twice_use_then_down_leaves_nothing(tmp_path: Path) -> None:
     state = tmp_path / "dev"
+    try:
+        _up_twice_use_then_down(state)
+    finally:
+        _stack(state, "down")  # whatever failed above, the stack does not outlive the test
+
+
+def _up_twice_use_then_down(state: Path) -> None:
     first = _stack(state, "up")
     assert first.returncode == 0, first.stderr
     assert "kubectl get vg" in first.stdout
