@@ -12,6 +12,7 @@ import logging
 import logging.config
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -59,6 +60,12 @@ def parser() -> argparse.ArgumentParser:
     add("resync-seconds", 600, "every group is looked at this often (default: %(default)s)",
         float)
     add("health-bind", "0.0.0.0:8080", "/healthz, /readyz and /metrics (default: %(default)s)")
+    p.add_argument("--no-leader-elect", dest="leader_elect", action="store_false",
+                   default=_env("leader-elect", "true") not in ("0", "false"),
+                   help="run without leader election (a single replica only)")
+    add("leader-election-namespace", os.environ.get("POD_NAMESPACE", "default"),
+        "namespace of the Lease (default: $POD_NAMESPACE or default)")
+    add("lease-name", "vmgroup-controller", "name of the Lease (default: %(default)s)")
     add("log-level", "info", "debug, info, warning or error (default: %(default)s)")
     return p
 
@@ -97,6 +104,24 @@ def _worker(queue: Any, reconciler: Any, reset_session: Any,
     return work
 
 
+def _lead(elector: Any, stop: threading.Event, lost: threading.Event,
+          log: logging.Logger) -> bool:
+    """Wait to lead (False: stopped first), then keep the lease; losing it stops everything."""
+    log.info("waiting for leadership", extra={"lease": f"{elector.namespace}/{elector.name}",
+                                              "identity": elector.identity})
+    if not elector.acquire(stop):
+        return False
+    log.info("leading", extra={"identity": elector.identity})
+
+    def on_lost() -> None:
+        log.error("lost the lease; stopping")
+        lost.set()
+        stop.set()
+
+    elector.hold(stop, on_lost)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     password = _password(args)
@@ -113,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import metrics  # noqa: PLC0415
     from .feed import VCenterFeed  # noqa: PLC0415
     from .informer import Key, VmGroupInformer  # noqa: PLC0415
+    from .leader import LeaseElector  # noqa: PLC0415
     from .queue import WorkQueue  # noqa: PLC0415
     from .reconciler import Reconciler  # noqa: PLC0415
     from .vsphere import Sessions, VCenterConfig  # noqa: PLC0415
@@ -129,24 +155,34 @@ def main(argv: list[str] | None = None) -> int:
         base_folder=args.base_folder, resource_pool=args.resource_pool or None,
         datastore=args.datastore or None, max_tasks=args.max_vcenter_tasks)
     sessions = Sessions(vcenter)
-    queue: WorkQueue[Key] = WorkQueue()
-    reconciler = Reconciler(api, sessions.get)
-    informer = VmGroupInformer(api, queue, resync_seconds=args.resync_seconds).start()
-    feed = VCenterFeed(vcenter, queue.add).start()
     log = logging.getLogger("vmgroup.controller")
-    work = _worker(queue, reconciler, sessions.reset, log)
-
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    workers = [threading.Thread(target=work, name=f"worker-{i}", daemon=True)
-               for i in range(args.workers)]
+
+    queue: WorkQueue[Key] = WorkQueue()
+    informer = VmGroupInformer(api, queue, resync_seconds=args.resync_seconds)
+    elector = LeaseElector(api, args.leader_election_namespace, args.lease_name,
+                           f"{socket.gethostname()}_{os.getpid()}") if args.leader_elect else None
+    workers: list[threading.Thread] = []
+    metrics.QUEUE_DEPTH.set_function(lambda: len(queue))
+    health = metrics.serve(
+        args.health_bind, healthy=lambda: all(w.is_alive() for w in workers),
+        # A standby is ready (it is healthy and waiting); a leader once VmGroups are listed.
+        ready=lambda: informer.synced.is_set() or (
+            elector is not None and not elector.leading.is_set()))
+    lost = threading.Event()
+    if elector is not None and not _lead(elector, stop, lost, log):
+        health.shutdown()
+        return 0
+
+    informer.start()
+    feed = VCenterFeed(vcenter, queue.add).start()
+    work = _worker(queue, Reconciler(api, sessions.get), sessions.reset, log)
+    workers += [threading.Thread(target=work, name=f"worker-{i}", daemon=True)
+                for i in range(args.workers)]
     for worker in workers:
         worker.start()
-    metrics.QUEUE_DEPTH.set_function(lambda: len(queue))
-    health = metrics.serve(args.health_bind,
-                           healthy=lambda: all(w.is_alive() for w in workers),
-                           ready=informer.synced.is_set)
     log.info("started", extra={"workers": args.workers, "vcenter": args.vcenter_host})
     stop.wait()
     log.info("stopping")
@@ -155,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     queue.close()
     for worker in workers:
         worker.join(timeout=30)
+    if elector is not None:
+        elector.release()  # after the workers: no reconcile runs once a successor may start
     health.shutdown()
     sessions.reset()
-    return 0
+    return 1 if lost.is_set() else 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 from controller.planner import Group, Vm
 from controller.vsphere import VCenterConfig, VSphere
 from tests.stack import REPO, LocalStack, poll, vsphere
-from tests.stack.components import kubectl
+from tests.stack.components import Controller, kubectl
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
 
@@ -203,3 +203,30 @@ def test_a_terminated_vcenter_session_is_replaced(stack: LocalStack, vcenter: VS
     _wait_for_row(stack, _running(2), timeout=60)
     assert len(_vms(stack, vcenter)) == 2
     run("delete", "vg", "vg-1", "--timeout=60s")
+
+
+def test_a_standby_replica_takes_over_when_the_leader_stops(stack: LocalStack) -> None:
+    """Two replicas: one leads. SIGTERM releases the Lease, so the standby leads at once and
+    keeps reconciling (leader election; lease released on SIGTERM)."""
+    assert stack.controller is not None
+    leader = stack.controller
+    standby = Controller(stack.kubeconfig, stack.vcenter, stack.log_dir, CONTROLLER_ARGS,
+                         name="controller-standby")
+    standby.start()  # ready while waiting: a standby is healthy
+    try:
+        poll(lambda: '"msg": "waiting for leadership"' in standby.process.log_path.read_text(),
+             timeout=30, what="the second replica to wait")
+        holder = json.loads(kubectl(stack.kubeconfig, "get", "lease", "-n", "default",
+                                    "vmgroup-controller", "-o", "json"))["spec"]
+        assert holder["holderIdentity"].endswith(f"_{leader.process.pid}")
+
+        leader.process.signal(signal.SIGTERM)
+        poll(lambda: '"msg": "leading"' in standby.process.log_path.read_text(), timeout=10,
+             what="the standby to lead right after the release (not a lease duration later)")
+        run = _kubectl(stack)
+        run("create", "-f", str(EXAMPLE))
+        _wait_for_row(stack, _running(3))
+        run("delete", "vg", "vg-1", "--timeout=60s")
+    finally:
+        stack.controller = standby  # the fixture's teardown stops whichever is left
+        leader.process.stop()

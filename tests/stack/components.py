@@ -325,10 +325,10 @@ class Controller:
     """`vmgroup-controller` against this stack's API server and vcsim."""
 
     def __init__(self, kubeconfig: Path, vcenter: VCenterInfo, log_dir: Path,
-                 args: Sequence[str] = ()) -> None:
+                 args: Sequence[str] = (), *, name: str = "controller") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"  # health and metrics, loopback only
-        self.process = Process("controller", [
+        self.process = Process(name, [
             sys.executable, "-m", "controller", f"--kubeconfig={kubeconfig}",
             f"--health-bind=127.0.0.1:{self.port}",
             f"--vcenter-host={vcenter.host}", f"--vcenter-port={vcenter.port}",
