@@ -14,8 +14,9 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
@@ -28,46 +29,95 @@ SERVER_TIMEOUT = 240  # the API server ends each watch after this many seconds
 SILENCE_TIMEOUT = SERVER_TIMEOUT + 60  # no byte for this long: the connection is dead
 
 
-class ConfigMapWatcher:
-    def __init__(self, core: client.CoreV1Api, namespace: str, registry: Registry, *,
-                 on_change: Callable[[], None] = lambda: None) -> None:
-        self._core = core
-        self._namespace = namespace
-        self._registry = registry
-        self._on_change = on_change
+class ListWatcher:
+    """List, then watch from the list's resourceVersion, in a daemon thread, for ever.
+
+    A watch the server ends on time is resumed from the last resourceVersion seen (events and
+    bookmarks); a 410 Gone relists at once; any other failure relists after a capped backoff;
+    with `resync_seconds`, a fresh list is also made that often. Subclasses say how to list
+    (returning the resourceVersion), what to watch, and what an event means.
+    """
+
+    what = "objects"
+
+    def __init__(self, *, resync_seconds: float | None = None) -> None:
+        self._resync = resync_seconds
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="initializer-watch",
+        self._thread = threading.Thread(target=self._run, name=f"watch-{self.what}",
                                         daemon=True)
 
-    def start(self) -> ConfigMapWatcher:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
 
+    def list(self) -> str:
+        raise NotImplementedError
+
+    def watch_call(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """The list function to watch with, and its positional arguments."""
+        raise NotImplementedError
+
+    def handle(self, kind: str, obj: dict[str, Any]) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                version = self._list()
+                version = self.list()
                 backoff = 0.5
                 self._watch(version)
             except ApiException as exc:
                 if exc.status == 410:  # our resourceVersion is too old: list again, now
-                    log.info("initializer watch expired (410 Gone); relisting")
+                    log.info("watch expired (410 Gone); relisting", extra={"watch": self.what})
                     continue
-                log.warning("initializer watch failed; retrying", extra={
-                    "status": exc.status, "reason": exc.reason, "retry_in": backoff})
+                log.warning("watch failed; retrying", extra={
+                    "watch": self.what, "status": exc.status, "retry_in": backoff})
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
-            except Exception as exc:  # network errors, timeouts: relist after a backoff
-                log.warning("initializer watch failed; retrying",
-                            extra={"error": repr(exc), "retry_in": backoff})
+            except Exception as exc:  # connection refused or reset, timeouts
+                log.warning("watch failed; retrying",
+                            extra={"watch": self.what, "error": repr(exc), "retry_in": backoff})
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    def _list(self) -> str:
+    def _watch(self, version: str) -> None:
+        """Watch until an error, the stop, or the resync (then return, for a fresh list)."""
+        resync_at = time.monotonic() + self._resync if self._resync else None
+        function, args = self.watch_call()
+        while not self._stop.is_set():
+            left = None if resync_at is None else resync_at - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            for event in watch.Watch().stream(
+                    function, *args, resource_version=version, allow_watch_bookmarks=True,
+                    timeout_seconds=int(min(SERVER_TIMEOUT, max(1, left or SERVER_TIMEOUT))),
+                    _request_timeout=(10, SILENCE_TIMEOUT)):
+                kind, obj = event["type"], event["raw_object"]
+                if kind == "ERROR":
+                    raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+                version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                if kind != "BOOKMARK":
+                    self.handle(kind, obj)
+                if self._stop.is_set():
+                    return
+
+
+class ConfigMapWatcher(ListWatcher):
+    what = "initializers"
+
+    def __init__(self, core: client.CoreV1Api, namespace: str, registry: Registry, *,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
+        self._core = core
+        self._namespace = namespace
+        self._registry = registry
+        self._on_change = on_change
+
+    def list(self) -> str:
         # Raw JSON: the registry works on plain dicts, and model objects would cost a copy.
         response: Any = self._core.list_namespaced_config_map(
             self._namespace, _preload_content=False, _request_timeout=30)
@@ -79,27 +129,16 @@ class ConfigMapWatcher:
         self._on_change()
         return str(listing["metadata"]["resourceVersion"])
 
-    def _watch(self, version: str) -> None:
-        """Watch from `version` until an error; a watch the server ends on time is resumed
-        from the last resourceVersion seen (events and bookmarks), without a new list."""
-        while not self._stop.is_set():
-            for event in watch.Watch().stream(
-                    self._core.list_namespaced_config_map, self._namespace,
-                    resource_version=version, allow_watch_bookmarks=True,
-                    timeout_seconds=SERVER_TIMEOUT, _request_timeout=(10, SILENCE_TIMEOUT)):
-                kind, obj = event["type"], event["raw_object"]
-                if kind == "ERROR":
-                    raise ApiException(status=obj.get("code"), reason=obj.get("message"))
-                version = obj.get("metadata", {}).get("resourceVersion") or version
-                if kind in ("ADDED", "MODIFIED"):
-                    if problem := self._registry.upsert(obj):
-                        self._report(obj, problem)
-                elif kind == "DELETED":
-                    self._registry.delete(obj)
-                if kind != "BOOKMARK":
-                    self._on_change()
-                if self._stop.is_set():
-                    return
+    def watch_call(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        return self._core.list_namespaced_config_map, (self._namespace,)
+
+    def handle(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind in ("ADDED", "MODIFIED"):
+            if problem := self._registry.upsert(obj):
+                self._report(obj, problem)
+        elif kind == "DELETED":
+            self._registry.delete(obj)
+        self._on_change()
 
     def _report(self, configmap: dict[str, Any], problem: str) -> None:
         meta = configmap["metadata"]
