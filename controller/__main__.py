@@ -17,29 +17,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+from webhook.cli import EnvParser
 
 ENV_PREFIX = "VMGROUP_CONTROLLER_"
 
 
-def _env(flag: str, default: Any) -> Any:
-    return os.environ.get(ENV_PREFIX + flag.upper().replace("-", "_"), default)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vmgroup-controller",
-        description="Controller of vmgroup-operator: clones, powers, resizes, scales and cleans "
-        "up the vSphere VMs of every VmGroup and reports their status.",
-        epilog=f"Every flag may be set as an environment variable {ENV_PREFIX}<FLAG>.")
-    p.add_argument("--version", action="version",
-                   version=f"%(prog)s {version('vmgroup-operator')}")
-
-    def add(flag: str, default: Any, help: str, type: type = str) -> None:
-        p.add_argument(f"--{flag}", type=type, default=_env(flag, default), help=help,
-                       required=default is None and _env(flag, None) is None)
+    p = EnvParser("vmgroup-controller", "Controller of vmgroup-operator: clones, powers, "
+                  "resizes, scales and cleans up the vSphere VMs of every VmGroup and reports "
+                  "their status.", ENV_PREFIX)
+    add = p.add
 
     add("kubeconfig", "", "kubeconfig (default: the Pod's service account)")
     add("vcenter-host", None, "vCenter host name or address")
@@ -48,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     add("vcenter-password-file", "", "file holding the vCenter password (a mounted Secret)")
     add("vcenter-ca-file", "", "CA bundle to verify vCenter with (default: system CAs)")
     p.add_argument("--vcenter-insecure", action="store_true",
-                   default=_env("vcenter-insecure", "") in ("1", "true"),
+                   default=p.env("vcenter-insecure", "") in ("1", "true"),
                    help="do not verify vCenter's certificate (not for production)")
     add("datacenter", "", "datacenter (default: the only one)")
     add("base-folder", "vmgroup-operator", "VM folder holding the groups' folders")
@@ -61,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
         float)
     add("health-bind", "0.0.0.0:8080", "/healthz, /readyz and /metrics (default: %(default)s)")
     p.add_argument("--no-leader-elect", dest="leader_elect", action="store_false",
-                   default=_env("leader-elect", "true") not in ("0", "false"),
+                   default=p.env("leader-elect", "true") not in ("0", "false"),
                    help="run without leader election (a single replica only)")
     add("leader-election-namespace", os.environ.get("POD_NAMESPACE", "default"),
         "namespace of the Lease (default: $POD_NAMESPACE or default)")

@@ -36,14 +36,19 @@ class WorkQueue(Generic[K]):
         with self._cond:
             return len(self._ready) + len(self._later)
 
+    def _offer(self, key: K) -> None:
+        """Queue `key` once; if a worker has it now, queue it again when that work is done.
+        The caller holds the lock."""
+        if key in self._active:
+            self._again.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._ready.append(key)
+            self._cond.notify()
+
     def add(self, key: K) -> None:
         with self._cond:
-            if key in self._active:
-                self._again.add(key)
-            elif key not in self._queued:
-                self._queued.add(key)
-                self._ready.append(key)
-                self._cond.notify()
+            self._offer(key)
 
     def add_after(self, key: K, delay: float) -> None:
         with self._cond:
@@ -73,11 +78,7 @@ class WorkQueue(Generic[K]):
         now = self._clock()
         while self._later and self._later[0][0] <= now:
             _, _, key = heapq.heappop(self._later)
-            if key in self._active:
-                self._again.add(key)
-            elif key not in self._queued:
-                self._queued.add(key)
-                self._ready.append(key)
+            self._offer(key)
         return self._later[0][0] - now if self._later else None
 
     def get(self, timeout: float | None = None) -> K | None:
@@ -104,10 +105,7 @@ class WorkQueue(Generic[K]):
             self._active.discard(key)
             if key in self._again:
                 self._again.discard(key)
-                if key not in self._queued:
-                    self._queued.add(key)
-                    self._ready.append(key)
-                    self._cond.notify()
+                self._offer(key)
 
     def close(self) -> None:
         with self._cond:

@@ -11,32 +11,21 @@ import os
 import shutil
 import sys
 import tempfile
-from importlib.metadata import version
 
 from initializers.inject import DEFAULT_PREFIX
 
+from .cli import EnvParser
 from .server import ServerSettings, WebhookServer
 from .vmgroup import Policy
 
 ENV_PREFIX = "VMGROUP_WEBHOOK_"
 
 
-def _env(flag: str, default: object) -> object:
-    return os.environ.get(ENV_PREFIX + flag.upper().replace("-", "_"), default)
-
-
 def parser() -> argparse.ArgumentParser:
     defaults, server = Policy(), ServerSettings(cert_file="", key_file="")
-    p = argparse.ArgumentParser(
-        prog="vmgroup-webhook",
-        description="Admission webhook of vmgroup-operator: defaults and validates VmGroups.",
-        epilog=f"Every flag may be set as an environment variable {ENV_PREFIX}<FLAG>.")
-    p.add_argument("--version", action="version",
-                   version=f"%(prog)s {version('vmgroup-operator')}")
-
-    def add(flag: str, default: object, help: str, type: type = str) -> None:
-        p.add_argument(f"--{flag}", type=type, default=_env(flag, default), help=help,
-                       required=default is None and _env(flag, None) is None)
+    p = EnvParser("vmgroup-webhook", "Admission webhook of vmgroup-operator: defaults and "
+                  "validates VmGroups, injects initializers.", ENV_PREFIX)
+    add = p.add
 
     add("tls-cert-file", None, "PEM certificate to serve (re-read when it changes)")
     add("tls-key-file", None, "PEM key of the certificate (re-read when it changes)")
