@@ -44,3 +44,61 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $names := list .Release.Namespace "kube-system" "kube-public" "kube-node-lease" }}
 {{- concat $names .Values.webhook.excludedNamespaces | uniq | toJson }}
 {{- end }}
+
+{{/* Labels of one component's objects: (dict "root" $ "component" "webhook"). */}}
+{{- define "vmgroup-operator.componentLabels" -}}
+{{ include "vmgroup-operator.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "vmgroup-operator.componentSelector" -}}
+{{ include "vmgroup-operator.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Where one component's Pods may run (its values: topologySpread, nodeSelector, tolerations,
+affinity), at the indentation of a Pod spec's keys: (dict "root" $ "component" "webhook"). */}}
+{{- define "vmgroup-operator.scheduling" -}}
+{{- $values := index .root.Values .component }}
+{{- if $values.topologySpread }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "vmgroup-operator.componentSelector" . | nindent 8 }}
+{{- end }}
+{{- with $values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* A PodDisruptionBudget for one component, only with 2 or more replicas (with a single one
+it would block every node drain): (dict "root" $ "component" "webhook"). */}}
+{{- define "vmgroup-operator.pdb" -}}
+{{- $values := index .root.Values .component }}
+{{- if and $values.podDisruptionBudget.enabled (gt (int $values.replicas) 1) }}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include (printf "vmgroup-operator.%sName" .component) .root }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "vmgroup-operator.componentLabels" . | nindent 4 }}
+spec:
+  minAvailable: {{ $values.podDisruptionBudget.minAvailable }}
+  selector:
+    matchLabels:
+      {{- include "vmgroup-operator.componentSelector" . | nindent 6 }}
+{{- end }}
+{{- end }}
