@@ -45,6 +45,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- concat $names .Values.webhook.excludedNamespaces | uniq | toJson }}
 {{- end }}
 
+{{/* The controller's objects share one name: Deployment, ServiceAccount, ClusterRole, Role. */}}
+{{- define "vmgroup-operator.controllerName" -}}
+{{- printf "%s-controller" (include "vmgroup-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Lease the controller replicas elect their leader with (one per release). */}}
+{{- define "vmgroup-operator.leaseName" -}}
+{{- .Values.controller.leaseName | default (include "vmgroup-operator.controllerName" .) }}
+{{- end }}
+
+{{/* The Secret holding the vCenter credentials: the user's own, or the chart's. */}}
+{{- define "vmgroup-operator.vcenterSecret" -}}
+{{- .Values.controller.vcenter.credentials.existingSecret | default (printf "%s-vcenter" (include "vmgroup-operator.controllerName" .)) }}
+{{- end }}
+
 {{/* Labels of one component's objects: (dict "root" $ "component" "webhook"). */}}
 {{- define "vmgroup-operator.componentLabels" -}}
 {{ include "vmgroup-operator.labels" .root }}
