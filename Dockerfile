@@ -16,5 +16,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 # The same uid/gid the chart's securityContext runs as; nothing in the image is writable by it.
 USER 65532:65532
-EXPOSE 8443
+# The webhook's TLS port; the controller's /healthz, /readyz and /metrics (plain HTTP).
+EXPOSE 8443 8080
 CMD ["vmgroup-webhook", "--help"]
