@@ -40,6 +40,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vcenter-insecure", action="store_true",
                    default=p.env("vcenter-insecure", "") in ("1", "true"),
                    help="do not verify vCenter's certificate (not for production)")
+    add("vcenter-timeout", 30.0, "seconds one vCenter call may take (default: %(default)s)",
+        float)
+    add("vcenter-keepalive-seconds", 300.0, "an idle session is kept alive this often "
+        "(default: %(default)s; vCenter drops idle sessions after 30 minutes)", float)
     add("datacenter", "", "datacenter (default: the only one)")
     add("base-folder", "vmgroup-operator", "VM folder holding the groups' folders")
     add("resource-pool", "", "resource pool for new VMs (default: the first cluster's)")
@@ -49,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
         "(default: %(default)s)", int)
     add("resync-seconds", 600, "every group is looked at this often (default: %(default)s)",
         float)
+    add("watch-seconds", 240.0, "the API server ends each watch after this long; one silent "
+        "for 1.25 times as long is dropped (default: %(default)s)", float)
     add("health-bind", "0.0.0.0:8080", "/healthz, /readyz and /metrics (default: %(default)s)")
     p.add_argument("--no-leader-elect", dest="leader_elect", action="store_false",
                    default=p.env("leader-elect", "true") not in ("0", "false"),
@@ -66,10 +72,12 @@ def _password(args: argparse.Namespace) -> str | None:
     return os.environ.get("VMGROUP_VCENTER_PASSWORD")
 
 
-def _worker(queue: Any, reconciler: Any, reset_session: Any,
-            log: logging.Logger) -> Callable[[], None]:
+def _worker(queue: Any, reconciler: Any, log: logging.Logger) -> Callable[[], None]:
     """A worker: take a key, reconcile it, requeue it when unfinished or (with backoff) failed."""
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
     from . import metrics  # noqa: PLC0415 - after logging is configured
+    from .vsphere import VSphereError  # noqa: PLC0415
 
     def work() -> None:
         while (key := queue.get()) is not None:
@@ -84,9 +92,10 @@ def _worker(queue: Any, reconciler: Any, reset_session: Any,
             except Exception as exc:
                 metrics.RECONCILES.labels("error").inc()
                 delay = queue.retry(key)
-                log.warning("reconcile failed", extra={
+                # vCenter and API errors are expected; anything else is a bug: its traceback.
+                expected = isinstance(exc, VSphereError | ApiException)
+                log.warning("reconcile failed", exc_info=not expected, extra={
                     "vmgroup": "/".join(key), "error": str(exc), "retry_in": delay})
-                reset_session()  # a failure may be a dead session: log in again next time
             finally:
                 metrics.DURATION.observe(time.perf_counter() - started)
                 queue.done(key)
@@ -143,15 +152,17 @@ def main(argv: list[str] | None = None) -> int:
         password=password, ca_file=args.vcenter_ca_file or None,
         insecure=args.vcenter_insecure, datacenter=args.datacenter or None,
         base_folder=args.base_folder, resource_pool=args.resource_pool or None,
-        datastore=args.datastore or None, max_tasks=args.max_vcenter_tasks)
-    sessions = Sessions(vcenter)
+        datastore=args.datastore or None, max_tasks=args.max_vcenter_tasks,
+        timeout=args.vcenter_timeout)
+    sessions = Sessions(vcenter, keepalive_seconds=args.vcenter_keepalive_seconds)
     log = logging.getLogger("vmgroup.controller")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
     queue: WorkQueue[Key] = WorkQueue()
-    informer = VmGroupInformer(api, queue, resync_seconds=args.resync_seconds)
+    informer = VmGroupInformer(api, queue, resync_seconds=args.resync_seconds,
+                               watch_seconds=args.watch_seconds)
     elector = LeaseElector(api, args.leader_election_namespace, args.lease_name,
                            f"{socket.gethostname()}_{os.getpid()}") if args.leader_elect else None
     workers: list[threading.Thread] = []
@@ -168,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
 
     informer.start()
     feed = VCenterFeed(vcenter, queue.add).start()
-    work = _worker(queue, Reconciler(api, sessions.get), sessions.reset, log)
+    work = _worker(queue, Reconciler(api, sessions.get, informer,
+                                     parallel=args.max_vcenter_tasks), log)
     workers += [threading.Thread(target=work, name=f"worker-{i}", daemon=True)
                 for i in range(args.workers)]
     for worker in workers:
@@ -184,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if elector is not None:
         elector.release()  # after the workers: no reconcile runs once a successor may start
     health.shutdown()
-    sessions.reset()
+    sessions.close()
     return 1 if lost.is_set() else 0
 
 

@@ -9,7 +9,6 @@ nothing changes, the only traffic is this long poll.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
-from . import metrics
 from .vsphere import VCenterConfig, VSphere
 
 log = logging.getLogger("vmgroup.controller.feed")
@@ -47,7 +45,8 @@ class VCenterFeed:
         while not self._stop.is_set():
             session = None
             try:
-                session = VSphere(self._config)  # its own session: the long poll blocks it
+                # Its own session, whose long poll outlasts the workers' call timeout.
+                session = VSphere(self._config, timeout=MAX_WAIT_SECONDS + 30)
                 backoff = 1.0
                 self._follow(session)
             except Exception as exc:  # vCenter down, session expired: start over
@@ -57,8 +56,7 @@ class VCenterFeed:
                 backoff = min(backoff * 2, 60.0)
             finally:
                 if session is not None:
-                    with contextlib.suppress(Exception):  # being dropped anyway
-                        session.close()
+                    session.close()
 
     def _follow(self, session: VSphere) -> None:
         base = session.base_folder(create=True)
@@ -75,7 +73,6 @@ class VCenterFeed:
             version = ""
             options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=MAX_WAIT_SECONDS)
             while not self._stop.is_set():
-                metrics.VCENTER_CALLS.labels("WaitForUpdatesEx").inc()
                 update = collector.WaitForUpdatesEx(version, options)
                 if update is None:
                     continue  # the long poll timed out: nothing changed

@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -20,12 +21,24 @@ from webhook.vmgroup import DEFAULTS, GROUP, PLURAL, VERSION
 
 from . import metrics
 from . import status as status_mod
-from .planner import Clone, Destroy, Group, Reconfigure, RemoveFinalizer, Status, plan
+from .planner import (
+    Action,
+    Clone,
+    DeleteFolder,
+    Destroy,
+    Group,
+    PowerOn,
+    Reconfigure,
+    RemoveFinalizer,
+    Status,
+    plan,
+)
 from .vsphere import VSphere, VSphereError
 
 log = logging.getLogger("vmgroup.controller")
 
 FINALIZER = "vm.codeconnect.vmworld.com/vms"
+VM_ACTIONS = (Clone, PowerOn, Reconfigure, Destroy)
 
 
 def _now() -> str:
@@ -53,21 +66,27 @@ class Outcome:
     converged: bool  # False: more to do (e.g. a rolling resize): requeue soon
 
 
+class Store(Protocol):
+    """Where VmGroups are read from (the informer's cache) and our writes' results go."""
+
+    def get(self, key: tuple[str, str]) -> dict[str, Any] | None: ...
+    def put(self, obj: dict[str, Any]) -> None: ...
+
+
 class Reconciler:
-    def __init__(self, api: client.ApiClient, vsphere: Callable[[], VSphere]) -> None:
+    def __init__(self, api: client.ApiClient, vsphere: Callable[[], VSphere], store: Store, *,
+                 parallel: int = 10) -> None:
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
         self._vsphere = vsphere
+        self._store = store
+        self._parallel = parallel  # VM actions of one group at once (the task cap still rules)
 
     def reconcile(self, namespace: str, name: str) -> Outcome:
-        try:
-            obj: dict[str, Any] = self._custom.get_namespaced_custom_object(  # type: ignore[assignment]
-                GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                metrics.observed_vms((namespace, name), None)
-                return Outcome(converged=True)  # deleted: its finalizer saw to the VMs
-            raise
+        obj = self._store.get((namespace, name))
+        if obj is None:
+            metrics.observed_vms((namespace, name), None)
+            return Outcome(converged=True)  # deleted: its finalizer saw to the VMs
         try:
             group = to_group(obj)
             if not group.deleting and not group.has_finalizer:
@@ -89,20 +108,15 @@ class Reconciler:
         vsphere = self._vsphere()
         observed = vsphere.observe(group)
         result = plan(group, observed)
-        for action in result.actions:
-            if isinstance(action, RemoveFinalizer):
+        self._run_vm_actions(obj, group, vsphere,
+                             [a for a in result.actions if isinstance(a, VM_ACTIONS)])
+        for action in result.actions:  # then the folder and the finalizer, in order
+            if isinstance(action, DeleteFolder):
+                vsphere.execute(group, action)
+            elif isinstance(action, RemoveFinalizer):
                 self._patch_finalizers(obj, [f for f in obj["metadata"].get("finalizers") or []
                                              if f != FINALIZER])
                 return Outcome(converged=True)
-            vsphere.execute(group, action)
-            match action:
-                case Clone(vm_name):
-                    self._event(obj, "Normal", "Created", f"created VM {vm_name}")
-                case Destroy(vm_name):
-                    self._event(obj, "Normal", "Deleted", f"deleted VM {vm_name}")
-                case Reconfigure(vm_name, cpu, memory_mb):
-                    self._event(obj, "Normal", "Reconfigured",
-                                f"reconfigured VM {vm_name} to {cpu} vCPUs, {memory_mb} MB")
         if result.actions:
             observed = vsphere.observe(group)  # report what is, after acting
             result = plan(group, observed)
@@ -112,21 +126,46 @@ class Reconciler:
                                                  previous=obj.get("status"), now=_now()))
         return Outcome(converged=result.converged)
 
+    def _run_vm_actions(self, obj: dict[str, Any], group: Group, vsphere: VSphere,
+                        actions: list[Action]) -> None:
+        """The plan's VM actions, at once: each touches another VM (planner's rule). Every one
+        is carried out or fails on its own; the first failure is raised after all are done."""
+        if not actions:
+            return
+        with ThreadPoolExecutor(max_workers=min(len(actions), self._parallel),
+                                thread_name_prefix="vm-action") as pool:
+            futures = [(action, pool.submit(vsphere.execute, group, action))
+                       for action in actions]
+        failures = [exc for _, future in futures if (exc := future.exception()) is not None]
+        for action, future in futures:
+            if future.exception() is not None:
+                continue
+            match action:
+                case Clone(vm_name):
+                    self._event(obj, "Normal", "Created", f"created VM {vm_name}")
+                case Destroy(vm_name):
+                    self._event(obj, "Normal", "Deleted", f"deleted VM {vm_name}")
+                case Reconfigure(vm_name, cpu, memory_mb):
+                    self._event(obj, "Normal", "Reconfigured",
+                                f"reconfigured VM {vm_name} to {cpu} vCPUs, {memory_mb} MB")
+        if failures:
+            raise failures[0]
+
     def _patch_finalizers(self, obj: dict[str, Any], finalizers: list[str]) -> None:
         meta = obj["metadata"]
         # resourceVersion makes the patch fail instead of overwriting a concurrent change.
-        self._custom.patch_namespaced_custom_object(
+        self._store.put(self._custom.patch_namespaced_custom_object(  # type: ignore[arg-type]
             GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],
             {"metadata": {"finalizers": finalizers, "resourceVersion":
-                          meta["resourceVersion"]}})
+                          meta["resourceVersion"]}}))
 
     def _write_status(self, obj: dict[str, Any], new: dict[str, Any]) -> None:
         if obj.get("status") == new:
             return  # unchanged: no write, so no event that would bring us back
         meta = obj["metadata"]
         try:
-            self._custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": new})
+            self._store.put(self._custom.patch_namespaced_custom_object_status(  # type: ignore[arg-type]
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": new}))
         except ApiException as exc:
             if exc.status != 404:
                 raise

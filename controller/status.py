@@ -11,6 +11,16 @@ from typing import Any
 
 from .planner import Status
 
+MAX_MESSAGE = 1024  # the CRD's bound on status.lastMessage (a longer one is refused, 422)
+
+
+def _short(message: str) -> str:
+    """`message` cut to fit lastMessage, in bytes as the API server counts them."""
+    data = message.encode()
+    if len(data) <= MAX_MESSAGE:
+        return message
+    return data[:MAX_MESSAGE - 3].decode(errors="ignore") + "..."
+
 
 def _condition(kind: str, true: bool, reason: str, message: str, *, generation: int,
                previous: Mapping[str, Any], now: str) -> dict[str, Any]:
@@ -27,7 +37,7 @@ def build(result: Status, *, generation: int, previous: Mapping[str, Any] | None
     """The status for a reconcile that planned `result`, or failed with `error`."""
     previous = previous or {}
     phase = "ERROR" if error else result.phase
-    message = error or result.message
+    message = _short(error or result.message)
     ready = phase == "RUNNING"
     progressing = phase in ("PENDING", "DELETING")
     ready_reason = {"RUNNING": "Reconciled", "ERROR": "Error", "DELETING": "Deleting"}.get(

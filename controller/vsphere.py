@@ -4,6 +4,13 @@ Everything vCenter-specific is here; the decisions are controller.planner's. Eac
 live in their own folder, `<base folder>/<namespace>/<group>`, and carry the group's UID in
 their extraConfig as the ownership marker, set in the clone spec itself, so no VM of ours ever
 exists without it. Secrets (the password) are never logged or put in errors.
+
+Round trips are what a real vCenter charges for, so: the session is pyVmomi's session-oriented
+stub (an expired or terminated session is logged in again and the call retried, transparently),
+which also counts every call by method in one place; inventory objects that do not move
+(datacenter, pool, datastore, templates, folders) are looked up once and remembered until
+vCenter says one is gone; tasks are followed through the property collector (pushed, not
+polled).
 """
 
 from __future__ import annotations
@@ -13,10 +20,11 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyVim.connect import Disconnect, SmartConnect
+from pyVim.connect import SmartStubAdapter, VimSessionOrientedStub
 from pyVmomi import vim, vmodl
 
 from . import metrics
@@ -37,6 +45,11 @@ log = logging.getLogger("vmgroup.controller.vsphere")
 
 OWNER_KEY = "vmgroup.codeconnect.vmworld.com.uid"  # extraConfig key of the ownership marker
 TASK_TIMEOUT = 600.0
+TASK_WAIT_SECONDS = 10  # one long poll for a task's state answers at least this often
+VM_PROPERTIES = ["name", "runtime.powerState", "config.hardware.numCPU",
+                 "config.hardware.memoryMB", "config.extraConfig"]
+TASK_PROPERTIES = ["info.state", "info.error", "info.result"]
+PC = vmodl.query.PropertyCollector
 
 
 class VSphereError(RuntimeError):
@@ -60,6 +73,7 @@ class VCenterConfig:
     resource_pool: str | None = None  # None: the first cluster's root pool
     datastore: str | None = None  # None: the template's
     max_tasks: int = 10  # vCenter tasks (clone, power, reconfigure, destroy) at once
+    timeout: float = 30.0  # seconds one call may take before it counts as failed
 
 
 def _ssl_context(config: VCenterConfig) -> ssl.SSLContext:
@@ -70,59 +84,114 @@ def _ssl_context(config: VCenterConfig) -> ssl.SSLContext:
     return context
 
 
-def _wait(task: Any, timeout: float = TASK_TIMEOUT) -> Any:
-    """Wait for a vSphere task; return its result or raise VSphereError with its fault."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        info = task.info
-        if info.state == vim.TaskInfo.State.success:
-            return info.result
-        if info.state == vim.TaskInfo.State.error:
-            fault = info.error
-            raise VSphereError(getattr(fault, "msg", None) or type(fault).__name__, fault)
-        if time.monotonic() > deadline:
-            raise VSphereError(f"task {info.descriptionId or task._moId} timed out")
-        time.sleep(delay)  # task progress has no push here; the controller's feed is separate
-        delay = min(delay * 2, 1.0)
+class _Stub(VimSessionOrientedStub):
+    """pyVmomi's session stub (log in on first use and again after NotAuthenticated), counting
+    every call by method and remembering when the last one was made (for the keep-alive)."""
+
+    def __init__(self, soap: Any, login: Callable[[Any], None]) -> None:
+        # retryCount 2: one re-login (or one reconnect) per call, then the error is the caller's.
+        super().__init__(soap, login, retryDelay=0.2, retryCount=2)  # type: ignore[no-untyped-call]
+        self.last_call = time.monotonic()
+
+    def InvokeMethod(self, mo: Any, info: Any, args: Any) -> Any:
+        # Property reads come here too, as "Fetch": every round trip is counted.
+        metrics.VCENTER_CALLS.labels(info.wsdlName).inc()
+        self.last_call = time.monotonic()
+        return super().InvokeMethod(mo, info, args)  # type: ignore[no-untyped-call]
+
+
+def connect(config: VCenterConfig, *, timeout: float | None = None,
+            pool_size: int = 5) -> Any:
+    """A ServiceInstance on a logged-in session that logs itself in again when it expires."""
+
+    def login(soap: Any) -> None:
+        metrics.VCENTER_CALLS.labels("Login").inc()
+        content: Any = vim.ServiceInstance("ServiceInstance", soap).RetrieveContent()
+        content.sessionManager.Login(config.username, config.password, None)
+
+    try:
+        soap = SmartStubAdapter(host=config.host, port=config.port,
+                                sslContext=_ssl_context(config), poolSize=pool_size,
+                                httpConnectionTimeout=timeout or config.timeout)
+        si = vim.ServiceInstance("ServiceInstance", _Stub(soap, login))
+        si.RetrieveContent()  # logs in
+    except vim.fault.InvalidLogin:
+        raise VSphereError(f"vCenter {config.host} refused the login of "
+                           f"{config.username}") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise VSphereError(f"cannot reach vCenter {config.host}: {exc}") from None
+    except Exception as exc:  # pyVim's "is down or is not a VIM server", HTTP errors
+        raise VSphereError(f"cannot talk to vCenter {config.host}: {exc}") from None
+    return si
+
+
+def _task_error(fault: Any) -> VSphereError:
+    return VSphereError(getattr(fault, "msg", None) or type(fault).__name__, fault)
 
 
 class VSphere:
-    """One logged-in vCenter session and the inventory objects the controller uses."""
+    """One vCenter session and the inventory objects the controller uses."""
 
-    def __init__(self, config: VCenterConfig, tasks: threading.Semaphore | None = None) -> None:
+    def __init__(self, config: VCenterConfig, tasks: threading.Semaphore | None = None, *,
+                 timeout: float | None = None) -> None:
         self.config = config
         # Shared by every session of the process: at most this many vCenter tasks at once.
         self._tasks = tasks or threading.Semaphore(config.max_tasks)
-        try:
-            self.si = SmartConnect(host=config.host, port=config.port, user=config.username,
-                                   pwd=config.password, sslContext=_ssl_context(config),
-                                   connectionPoolTimeout=30)
-        except vim.fault.InvalidLogin:
-            raise VSphereError(f"vCenter {config.host} refused the login of "
-                               f"{config.username}") from None
-        except (OSError, ssl.SSLError) as exc:
-            raise VSphereError(f"cannot reach vCenter {config.host}: {exc}") from None
+        # Enough pooled connections for every task being followed plus the workers' reads.
+        self.si = connect(config, timeout=timeout, pool_size=config.max_tasks + 8)
         self.content = self.si.RetrieveContent()
+        self._lock = threading.Lock()
+        self._known: dict[tuple[str, ...], Any] = {}  # lookups that do not change
+        self._collectors: list[Any] = []  # idle property collectors for following tasks
         self.datacenter = self._datacenter()
+        self.vm_folder = self.datacenter.vmFolder
+
+    @property
+    def idle_seconds(self) -> float:
+        return float(time.monotonic() - self.si._stub.last_call)
+
+    def keep_alive(self) -> None:
+        """The cheapest call there is: it keeps the session from expiring while idle."""
+        self.si.CurrentTime()
 
     def close(self) -> None:
-        Disconnect(self.si)
+        with contextlib.suppress(Exception):  # a dead session needs no logout
+            self.content.sessionManager.Logout()
 
     # --- lookups -----------------------------------------------------------------------------
 
-    def _find(self, vimtype: Any, name: str, root: Any = None) -> Any | None:
-        view = self.content.viewManager.CreateContainerView(
-            root or self.content.rootFolder, [vimtype], True)
+    def _remember(self, key: tuple[str, ...], lookup: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._known:
+                return self._known[key]
+        found = lookup()
+        if found is not None:
+            with self._lock:
+                self._known[key] = found
+        return found
+
+    def forget(self) -> None:
+        """Drop every remembered object (one of them is gone from vCenter)."""
+        with self._lock:
+            self._known.clear()
+
+    def _named(self, vimtype: Any, name: str, root: Any) -> Any | None:
+        """The object of `vimtype` called `name` anywhere under `root`, in one query."""
+        view = self.content.viewManager.CreateContainerView(root, [vimtype], True)
         try:
-            return next((obj for obj in view.view if obj.name == name), None)
+            result = self.content.propertyCollector.RetrieveContents([PC.FilterSpec(
+                objectSet=[PC.ObjectSpec(obj=view, skip=True, selectSet=[PC.TraversalSpec(
+                    name="view", path="view", skip=False, type=vim.view.ContainerView)])],
+                propSet=[PC.PropertySpec(type=vimtype, pathSet=["name"])])])
         finally:
             view.Destroy()
+        return next((o.obj for o in result if o.propSet[0].val == name), None)
 
     def _datacenter(self) -> Any:
         if self.config.datacenter:
-            dc = self._find(vim.Datacenter, self.config.datacenter)
-            if dc is None:
+            dc = self.content.searchIndex.FindChild(self.content.rootFolder,
+                                                    self.config.datacenter)
+            if not isinstance(dc, vim.Datacenter):
                 raise VSphereError(f"datacenter {self.config.datacenter!r} not found")
             return dc
         dcs = [e for e in self.content.rootFolder.childEntity if isinstance(e, vim.Datacenter)]
@@ -131,67 +200,89 @@ class VSphere:
         return dcs[0]
 
     def _pool(self) -> Any:
-        if self.config.resource_pool:
-            pool = self._find(vim.ResourcePool, self.config.resource_pool, self.datacenter)
-            if pool is None:
-                raise VSphereError(f"resource pool {self.config.resource_pool!r} not found")
-            return pool
-        for entity in self.datacenter.hostFolder.childEntity:
-            if isinstance(entity, vim.ComputeResource):
-                return entity.resourcePool
-        raise VSphereError("no cluster or host in the datacenter to run VMs on")
+        def lookup() -> Any:
+            if self.config.resource_pool:
+                pool = self._named(vim.ResourcePool, self.config.resource_pool, self.datacenter)
+                if pool is None:
+                    raise VSphereError(f"resource pool {self.config.resource_pool!r} not found")
+                return pool
+            for entity in self.datacenter.hostFolder.childEntity:
+                if isinstance(entity, vim.ComputeResource):
+                    return entity.resourcePool
+            raise VSphereError("no cluster or host in the datacenter to run VMs on")
+
+        return self._remember(("pool",), lookup)
+
+    def _datastore(self) -> Any | None:
+        name = self.config.datastore
+        if not name:
+            return None
+        datastore = self._remember(("datastore", name),
+                                   lambda: self._named(vim.Datastore, name, self.datacenter))
+        if datastore is None:
+            raise VSphereError(f"datastore {name!r} not found")
+        return datastore
 
     def template(self, name: str) -> Any:
-        template = self._find(vim.VirtualMachine, name, self.datacenter.vmFolder)
+        template = self._remember(("template", name),
+                                  lambda: self._named(vim.VirtualMachine, name, self.vm_folder))
         if template is None:
             raise VSphereError(f"template {name!r} not found in datacenter "
                                f"{self.datacenter.name!r}")
         return template
 
-    @staticmethod
-    def _child_folder(parent: Any, name: str, create: bool) -> Any | None:
-        for child in parent.childEntity:
-            if isinstance(child, vim.Folder) and child.name == name:
+    def _folder(self, path: tuple[str, ...], *, create: bool) -> Any | None:
+        """The VM folder at `path` under the datacenter's VM folder, one level at a time."""
+        folder = self.vm_folder
+        for depth in range(1, len(path) + 1):
+            parent, name = folder, path[depth - 1]
+
+            def lookup(parent: Any = parent, name: str = name) -> Any | None:
+                child = self.content.searchIndex.FindChild(parent, name)
+                if child is None and create:
+                    try:
+                        child = parent.CreateFolder(name)
+                    except vim.fault.DuplicateName as exc:  # made meanwhile by another worker
+                        child = exc.object
                 return child
-        if not create:
-            return None
-        try:
-            return parent.CreateFolder(name)
-        except vim.fault.DuplicateName as exc:  # made meanwhile by another worker
-            return exc.object
 
-    def base_folder(self, *, create: bool = False) -> Any | None:
-        return self._child_folder(self.datacenter.vmFolder, self.config.base_folder, create)
-
-    def group_folder(self, group: Group, *, create: bool = False) -> Any | None:
-        folder = self.base_folder(create=create)
-        for name in (group.namespace, group.name):
+            folder = self._remember(("folder", *path[:depth]), lookup)
             if folder is None:
                 return None
-            folder = self._child_folder(folder, name, create)
         return folder
+
+    def base_folder(self, *, create: bool = False) -> Any | None:
+        return self._folder((self.config.base_folder,), create=create)
+
+    def group_folder(self, group: Group, *, create: bool = False) -> Any | None:
+        return self._folder((self.config.base_folder, group.namespace, group.name),
+                            create=create)
 
     # --- observing ---------------------------------------------------------------------------
 
-    def observe(self, group: Group) -> list[Vm]:
+    def observe(self, group: Group, *, retry: bool = True) -> list[Vm]:
         """Every VM in the group's folder, in one property-collector call."""
         folder = self.group_folder(group)
         if folder is None:
             return []
-        view = self.content.viewManager.CreateContainerView(folder, [vim.VirtualMachine], False)
         try:
-            spec = vmodl.query.PropertyCollector.FilterSpec(
-                objectSet=[vmodl.query.PropertyCollector.ObjectSpec(
-                    obj=view, skip=True, selectSet=[vmodl.query.PropertyCollector.TraversalSpec(
-                        name="view", path="view", skip=False, type=vim.view.ContainerView)])],
-                propSet=[vmodl.query.PropertyCollector.PropertySpec(
-                    type=vim.VirtualMachine, pathSet=[
-                        "name", "runtime.powerState", "config.hardware.numCPU",
-                        "config.hardware.memoryMB", "config.extraConfig"])])
-            metrics.VCENTER_CALLS.labels("RetrieveContents").inc()
-            result = self.content.propertyCollector.RetrieveContents([spec])
-        finally:
-            view.Destroy()
+            result = self.content.propertyCollector.RetrieveContents([PC.FilterSpec(
+                objectSet=[PC.ObjectSpec(obj=folder, skip=True, selectSet=[PC.TraversalSpec(
+                    name="children", path="childEntity", skip=False, type=vim.Folder)])],
+                propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=VM_PROPERTIES)])])
+        except vmodl.fault.ManagedObjectNotFound:
+            if not retry:
+                raise
+            self.forget()  # the folder went behind our back: look it up afresh
+            return self.observe(group, retry=False)
+        if any(isinstance(missing.fault, vim.fault.NotAuthenticated)
+               for obj in result for missing in obj.missingSet or []):
+            # Property reads on a dead session may answer "not authenticated" per property
+            # instead of failing the call (vcsim does), which the stub cannot see: log in.
+            if not retry:
+                raise VSphereError("vCenter does not let this session read the VMs")
+            self._relogin()
+            return self.observe(group, retry=False)
         vms = []
         for obj in result:
             props = {p.name: p.val for p in obj.propSet}
@@ -203,9 +294,15 @@ class VSphere:
                           memory_mb=int(props.get("config.hardware.memoryMB", 0))))
         return vms
 
+    def _relogin(self) -> None:
+        """Log in again on the next call; the old session's collectors went with it."""
+        self.si._stub._SetStateUnauthenticated()
+        with self._lock:
+            self._collectors.clear()
+
     def _vm(self, group: Group, name: str) -> Any:
         folder = self.group_folder(group)
-        vm = self._find(vim.VirtualMachine, name, folder) if folder else None
+        vm = self.content.searchIndex.FindChild(folder, name) if folder else None
         if vm is None:
             raise VSphereError(f"VM {name!r} is gone")
         return vm
@@ -214,6 +311,13 @@ class VSphere:
 
     def execute(self, group: Group, action: Action) -> None:
         """Carry out one planned action (finalizers are the Kubernetes side's)."""
+        try:
+            self._execute(group, action)
+        except vmodl.fault.ManagedObjectNotFound as exc:
+            self.forget()  # something we remembered is gone: the retry looks it up again
+            raise VSphereError(f"{exc.obj} is gone from vCenter") from None
+
+    def _execute(self, group: Group, action: Action) -> None:
         match action:
             case Clone():
                 self._clone(group, action)
@@ -239,18 +343,66 @@ class VSphere:
     def _task(self, obj: Any, method: str, **kwargs: Any) -> Any:
         """Run `obj.method(**kwargs)`, a vSphere task, and wait for it, within the process's
         cap on tasks at once."""
-        metrics.VCENTER_CALLS.labels(method).inc()
         with self._tasks:
-            return _wait(getattr(obj, method)(**kwargs))
+            return self._wait(getattr(obj, method)(**kwargs))
+
+    def _wait(self, task: Any) -> Any:
+        """A task's result, or VSphereError with its fault. Followed through a property
+        collector of this session: vCenter answers when the task's state changes."""
+        for attempt in (1, 2):
+            with self._lock:
+                collector = self._collectors.pop() if self._collectors else None
+            if collector is None:
+                collector = self.content.propertyCollector.CreatePropertyCollector()
+            try:
+                result = self._follow(collector, task)
+            except VSphereError:
+                self._give_back(collector)  # the task failed; the collector is fine
+                raise
+            except vmodl.fault.ManagedObjectNotFound as exc:
+                if exc.obj == task or attempt == 2:
+                    raise
+                continue  # the collector died with an old session: take a new one
+            self._give_back(collector)
+            return result
+        raise AssertionError("unreachable")
+
+    def _give_back(self, collector: Any) -> None:
+        with self._lock:
+            self._collectors.append(collector)
+
+    @staticmethod
+    def _follow(collector: Any, task: Any) -> Any:
+        spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=task)],
+                             propSet=[PC.PropertySpec(type=vim.Task, pathSet=TASK_PROPERTIES)])
+        task_filter = collector.CreateFilter(spec, partialUpdates=False)
+        try:
+            state: dict[str, Any] = {}
+            version = ""  # "": the current state at once; then only changes
+            options = PC.WaitOptions(maxWaitSeconds=TASK_WAIT_SECONDS)
+            deadline = time.monotonic() + TASK_TIMEOUT
+            while True:
+                update = collector.WaitForUpdatesEx(version, options)
+                if update is not None:
+                    version = update.version
+                    for change in (c for fu in update.filterSet for o in fu.objectSet
+                                   for c in o.changeSet or []):
+                        state[change.name] = change.val
+                match state.get("info.state"):
+                    case vim.TaskInfo.State.success:
+                        return state.get("info.result")
+                    case vim.TaskInfo.State.error:
+                        raise _task_error(state.get("info.error"))
+                if time.monotonic() > deadline:
+                    raise VSphereError(f"task {task._moId} timed out")
+        finally:
+            task_filter.DestroyPropertyFilter()
 
     def _clone(self, group: Group, action: Clone) -> None:
         template = self.template(action.template)
         folder = self.group_folder(group, create=True)
         relocate = vim.vm.RelocateSpec(pool=self._pool())
-        if self.config.datastore:
-            datastore = self._find(vim.Datastore, self.config.datastore, self.datacenter)
-            if datastore is None:
-                raise VSphereError(f"datastore {self.config.datastore!r} not found")
+        if (datastore := self._datastore()) is not None:
             relocate.datastore = datastore
         spec = vim.vm.CloneSpec(
             location=relocate, template=False, powerOn=False,
@@ -270,24 +422,30 @@ class VSphere:
 
     def _delete_folders(self, group: Group) -> None:
         """The group's folder, then its namespace folder when no other group uses it."""
-        folder = self.group_folder(group)
-        if folder is not None and not folder.childEntity:
+        for path in ((self.config.base_folder, group.namespace, group.name),
+                     (self.config.base_folder, group.namespace)):
+            folder = self._folder(path, create=False)
+            if folder is None or folder.childEntity:
+                return
             self._task(folder, "Destroy_Task")
-        base = self.base_folder()
-        namespace = self._child_folder(base, group.namespace, False) if base else None
-        if namespace is not None and not namespace.childEntity:
-            self._task(namespace, "Destroy_Task")
+            with self._lock:
+                self._known.pop(("folder", *path), None)
 
 
 class Sessions:
-    """One vCenter session shared by the workers: made on first use, and made again after a
-    failure (vCenter restarted, the session expired or was terminated)."""
+    """The workers' vCenter session: made on first use (vCenter may be down at start), kept
+    alive while idle, logged in again by the stub when it expires anyway."""
 
-    def __init__(self, config: VCenterConfig) -> None:
+    def __init__(self, config: VCenterConfig, *, keepalive_seconds: float = 300.0) -> None:
         self._config = config
         self._lock = threading.Lock()
         self._session: VSphere | None = None
-        self._tasks = threading.Semaphore(config.max_tasks)  # survives re-logins
+        self._tasks = threading.Semaphore(config.max_tasks)
+        self._keepalive = keepalive_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep_alive, name="vcenter-keepalive",
+                                        daemon=True)
+        self._thread.start()
 
     def get(self) -> VSphere:
         with self._lock:
@@ -295,10 +453,19 @@ class Sessions:
                 self._session = VSphere(self._config, self._tasks)
             return self._session
 
-    def reset(self) -> None:
-        """Forget the session after a failure; the next get() logs in again."""
+    def _keep_alive(self) -> None:
+        while not self._stop.wait(self._keepalive / 4):
+            session = self._session
+            if session is None or session.idle_seconds < self._keepalive:
+                continue  # in use: the calls themselves keep it alive
+            try:
+                session.keep_alive()
+            except Exception as exc:  # the next real call logs in again
+                log.warning("vCenter keep-alive failed", extra={"error": str(exc)})
+
+    def close(self) -> None:
+        self._stop.set()
         with self._lock:
             session, self._session = self._session, None
         if session is not None:
-            with contextlib.suppress(Exception):  # it may be dead already: that is why
-                session.close()
+            session.close()

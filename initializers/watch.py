@@ -40,8 +40,13 @@ class ListWatcher:
 
     what = "objects"
 
-    def __init__(self, *, resync_seconds: float | None = None) -> None:
+    def __init__(self, *, resync_seconds: float | None = None,
+                 watch_seconds: float = SERVER_TIMEOUT) -> None:
         self._resync = resync_seconds
+        self._watch_seconds = watch_seconds
+        # Not a byte (event or bookmark) for this long: the connection is dead, whatever TCP
+        # says. The server ends every watch after watch_seconds, so a live one is never hit.
+        self._silence = watch_seconds * SILENCE_TIMEOUT / SERVER_TIMEOUT
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"watch-{self.what}",
                                         daemon=True)
@@ -94,8 +99,9 @@ class ListWatcher:
                 return
             for event in watch.Watch().stream(
                     function, *args, resource_version=version, allow_watch_bookmarks=True,
-                    timeout_seconds=int(min(SERVER_TIMEOUT, max(1, left or SERVER_TIMEOUT))),
-                    _request_timeout=(10, SILENCE_TIMEOUT)):
+                    timeout_seconds=int(max(1, min(self._watch_seconds,
+                                                   left or self._watch_seconds))),
+                    _request_timeout=(10, self._silence)):
                 kind, obj = event["type"], event["raw_object"]
                 if kind == "ERROR":
                     raise ApiException(status=obj.get("code"), reason=obj.get("message"))

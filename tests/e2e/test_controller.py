@@ -19,7 +19,9 @@ pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
 
 EXAMPLE = REPO / "examples" / "vmgroup.yaml"
 NAMESPACE = "team-a"
-CONTROLLER_ARGS = ["--log-level=debug"]  # the feed's changes are debug lines
+# The feed's changes are debug lines. Two tasks at once, so that a scale-up's clones (run in
+# parallel) come in batches and there is a "middle" of a scale-up to kill the controller in.
+CONTROLLER_ARGS = ["--log-level=debug", "--max-vcenter-tasks=2"]
 
 
 @pytest.fixture(scope="module")
@@ -193,15 +195,15 @@ def test_killed_mid_scale_up_and_restarted_ends_with_exactly_the_desired_vms(
     run = _kubectl(stack)
     run("create", "-f", str(EXAMPLE))
     _wait_for_row(stack, _running(3))
-    run("scale", "vg", "vg-1", "--replicas=6")
-    poll(lambda: 3 < len(_vms(stack, vcenter)) < 6, timeout=30,
+    run("scale", "vg", "vg-1", "--replicas=8")
+    poll(lambda: 3 < len(_vms(stack, vcenter)) < 8, timeout=30, interval=0.05,
          what="the scale-up to be under way")
     assert stack.controller is not None
     stack.controller.process.signal(signal.SIGKILL)  # no chance to finish anything
     stack.start_controller(CONTROLLER_ARGS)
-    _wait_for_row(stack, _running(6), timeout=60)
+    _wait_for_row(stack, _running(8), timeout=60)
     names = sorted(vm.name for vm in _vms(stack, vcenter))
-    assert names == sorted(f"team-a-vg-1-{i}" for i in range(6))  # no duplicate, no gap
+    assert names == sorted(f"team-a-vg-1-{i}" for i in range(8))  # no duplicate, no gap
     run("delete", "vg", "vg-1", "--timeout=60s")
 
 
