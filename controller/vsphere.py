@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from typing import Any
 
 from pyVim.connect import SmartStubAdapter, VimSessionOrientedStub
@@ -88,16 +89,21 @@ class _Stub(VimSessionOrientedStub):
     """pyVmomi's session stub (log in on first use and again after NotAuthenticated), counting
     every call by method and remembering when the last one was made (for the keep-alive)."""
 
-    def __init__(self, soap: Any, login: Callable[[Any], None]) -> None:
+    def __init__(self, soap: Any, login: Callable[[Any], None], host: str) -> None:
         # retryCount 2: one re-login (or one reconnect) per call, then the error is the caller's.
         super().__init__(soap, login, retryDelay=0.2, retryCount=2)  # type: ignore[no-untyped-call]
         self.last_call = time.monotonic()
+        self._host = host
 
     def InvokeMethod(self, mo: Any, info: Any, args: Any) -> Any:
         # Property reads come here too, as "Fetch": every round trip is counted.
         metrics.VCENTER_CALLS.labels(info.wsdlName).inc()
         self.last_call = time.monotonic()
-        return super().InvokeMethod(mo, info, args)  # type: ignore[no-untyped-call]
+        try:
+            return super().InvokeMethod(mo, info, args)  # type: ignore[no-untyped-call]
+        except (OSError, HTTPException) as exc:  # down, hung (timed out), or not vCenter
+            raise VSphereError(f"vCenter {self._host} did not answer: "
+                               f"{exc or type(exc).__name__}") from None
 
 
 def connect(config: VCenterConfig, *, timeout: float | None = None,
@@ -113,11 +119,13 @@ def connect(config: VCenterConfig, *, timeout: float | None = None,
         soap = SmartStubAdapter(host=config.host, port=config.port,
                                 sslContext=_ssl_context(config), poolSize=pool_size,
                                 httpConnectionTimeout=timeout or config.timeout)
-        si = vim.ServiceInstance("ServiceInstance", _Stub(soap, login))
+        si = vim.ServiceInstance("ServiceInstance", _Stub(soap, login, config.host))
         si.RetrieveContent()  # logs in
     except vim.fault.InvalidLogin:
         raise VSphereError(f"vCenter {config.host} refused the login of "
                            f"{config.username}") from None
+    except VSphereError:
+        raise
     except (OSError, ssl.SSLError) as exc:
         raise VSphereError(f"cannot reach vCenter {config.host}: {exc}") from None
     except Exception as exc:  # pyVim's "is down or is not a VIM server", HTTP errors

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pyVmomi import vim
 
 from controller.planner import AddFinalizer, Clone, Group, Plan, RemoveFinalizer, plan
-from controller.vsphere import OWNER_KEY, VCenterConfig, VSphere, VSphereError
-from tests.stack import VCenterInfo, vsphere
+from controller.vsphere import OWNER_KEY, Sessions, VCenterConfig, VSphere, VSphereError
+from tests.stack import VCenterInfo, poll, vsphere
 
 pytestmark = pytest.mark.vcenter
 
@@ -116,3 +118,84 @@ def test_wrong_password_is_a_clear_error_without_the_password(config: VCenterCon
 def test_unverifiable_certificate_is_refused(config: VCenterConfig) -> None:
     with pytest.raises(VSphereError, match="cannot reach vCenter"):
         VSphere(replace(config, ca_file=None))  # the system CAs do not know the stack's CA
+
+
+def _calls(method: str) -> float:
+    """vCenter calls of `method` made by this process so far (the adapter's counter)."""
+    return REGISTRY.get_sample_value("vmgroup_controller_vcenter_calls_total",
+                                     {"method": method}) or 0.0
+
+
+def _counting(methods: list[str]) -> Callable[[], dict[str, float]]:
+    before = {m: _calls(m) for m in methods}
+    return lambda: {m: _calls(m) - before[m] for m in methods}
+
+
+def test_tasks_are_followed_through_the_property_collector_not_polled(
+        adapter: VSphere, group: Group) -> None:
+    adapter.execute(group, Clone(f"team-a-{group.name}-0", 1, 1024, group.template))
+    calls = _counting(["Fetch", "CloneVM_Task", "PowerOnVM_Task", "CreateFilter",
+                       "WaitForUpdatesEx", "DestroyPropertyFilter"])
+    adapter.execute(group, Clone(f"team-a-{group.name}-1", 1, 1024, group.template))
+    made = calls()
+    # Folders, template and pool are remembered; each of the 2 tasks is one filter, its state
+    # pushed by vCenter (an instant task needs one wait, a running one two or more).
+    assert made["Fetch"] == 0, made  # no task.info polling, no lookups
+    assert (made["CloneVM_Task"], made["PowerOnVM_Task"]) == (1, 1)
+    assert made["CreateFilter"] == made["DestroyPropertyFilter"] == 2
+    assert 2 <= made["WaitForUpdatesEx"] <= 6
+
+
+def test_a_failed_task_carries_its_fault(adapter: VSphere, group: Group) -> None:
+    name = f"team-a-{group.name}-0"
+    adapter.execute(group, Clone(name, 1, 1024, group.template))
+    template = adapter.template(group.template)
+    with pytest.raises(VSphereError) as caught:
+        adapter._task(template, "CloneVM_Task", folder=adapter.group_folder(group), name=name,
+                      spec=vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=adapter._pool())))
+    assert isinstance(caught.value.fault, vim.fault.DuplicateName)
+    # The adapter's own clone takes a duplicate as "made by an earlier attempt".
+    adapter.execute(group, Clone(name, 1, 1024, group.template))
+    assert [vm.name for vm in adapter.observe(group)] == [name]
+
+
+def test_observing_a_group_is_one_query(adapter: VSphere, group: Group) -> None:
+    converge(adapter, replace(group, replicas=2))
+    calls = _counting(["RetrieveProperties", "Fetch", "FindChild", "CreateContainerView"])
+    assert len(adapter.observe(group)) == 2
+    assert calls() == {"RetrieveProperties": 1, "Fetch": 0, "FindChild": 0,
+                       "CreateContainerView": 0}
+
+
+def test_an_expired_session_is_logged_in_again_transparently(config: VCenterConfig,
+                                                             group: Group,
+                                                             vsphere_si: Any) -> None:
+    session = VSphere(config)
+    try:
+        converge(session, replace(group, replicas=1))
+        key = session.content.sessionManager.currentSession.key
+        vsphere_si.content.sessionManager.TerminateSession(sessionId=[key])  # behind its back
+        calls = _counting(["Login"])
+        # No error reaches the caller: observing and acting just work, on a new session.
+        assert len(session.observe(group)) == 1
+        converge(session, replace(group, replicas=2))
+        assert calls() == {"Login": 1}
+        assert session.content.sessionManager.currentSession.key != key
+    finally:
+        session.close()
+
+
+def test_an_idle_session_is_kept_alive_and_a_busy_one_is_left_alone(
+        config: VCenterConfig) -> None:
+    sessions = Sessions(config, keepalive_seconds=0.4)
+    try:
+        calls = _counting(["CurrentTime"])
+        session = sessions.get()
+        poll(lambda: calls()["CurrentTime"] >= 2, timeout=10, what="keep-alive calls")
+        busy = _counting(["CurrentTime"])
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:  # busy: calls back to back for 1.5 s
+            assert session.content.sessionManager.currentSession is not None  # a Fetch
+        assert busy()["CurrentTime"] == 0
+    finally:
+        sessions.close()

@@ -210,6 +210,11 @@ class KubeAPIServer:
         poll(lambda: _https_get(f"{self.url}/readyz", self._pki.ca, self.admin_cert) == b"ok",
              timeout=START_TIMEOUT, what="kube-apiserver /readyz", alive=self.process.check_alive)
 
+    def restart(self) -> None:
+        """Stop and start again on the same port, with the same etcd: an upgrade or a crash."""
+        self.process.stop()
+        self.start()
+
 
 class KubeControllerManager:
     def __init__(self, pki: Pki, apiserver: KubeAPIServer, work: Path, log_dir: Path) -> None:

@@ -103,7 +103,7 @@ class Process:
         return self._popen.pid if self._popen else None
 
     def start(self) -> Process:
-        if self._popen is not None:
+        if self.running():
             raise StackError(f"{self.name} was started already")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
