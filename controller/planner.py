@@ -2,11 +2,13 @@
 
 Pure and level-triggered: it is given the whole observed state every time and says what to do
 next, so a restart, a missed event or a crash between two actions leads to the same plan. The
-vSphere adapter carries the actions out, in order, stopping at the first failure.
+VM actions of one plan each touch another VM, so the reconciler runs them at once; the folder
+and finalizer steps come after them, in order.
 
 Rules (DESIGN.md, "Principles"):
 - the finalizer comes before any VM; without it the only action is to add it;
-- only VMs carrying the group's UID as ownership marker are ever touched;
+- only VMs carrying the group's UID as ownership marker are ever touched, and a name taken by
+  another VM is never cloned over (the group reports it instead);
 - VM names are deterministic (controller.naming), so a missing ordinal is cloned under the
   name it would have had, and a restart never duplicates a VM;
 - surplus VMs go highest ordinal first; drift (powered off, destroyed) is repaired;
@@ -105,7 +107,7 @@ Action = AddFinalizer | Clone | PowerOn | Reconfigure | Destroy | DeleteFolder |
 
 @dataclass(frozen=True)
 class Status:
-    phase: str  # PENDING, RUNNING, DELETING (ERROR is the adapter's, when an action fails)
+    phase: str  # PENDING, RUNNING, DELETING, or ERROR (a name taken; or an action failed)
     current_replicas: int
     desired_replicas: int
     message: str
@@ -150,7 +152,9 @@ def plan(group: Group, observed: Sequence[Vm]) -> Plan:
         return -1 if number is None else number
 
     surplus = sorted((n for n in owned if n not in wanted_set), key=rank, reverse=True)
-    missing = [n for n in wanted if n not in owned]
+    # A VM of someone else under one of our names: never touched, never cloned over.
+    taken = [n for n in wanted if n not in owned and n in {vm.name for vm in observed}]
+    missing = [n for n in wanted if n not in owned and n not in taken]
     stopped = [n for n in wanted if n in owned and not owned[n].powered_on]
     resize = [n for n in wanted if n in owned and (owned[n].cpu, owned[n].memory_mb)
               != (group.cpu, group.memory_mb)]
@@ -166,9 +170,15 @@ def plan(group: Group, observed: Sequence[Vm]) -> Plan:
         actions += [Reconfigure(n, group.cpu, group.memory_mb) for n in targets]
 
     current = sum(owned[n].powered_on for n in wanted if n in owned)
+    blocked = (f"VM name{'s' if len(taken) > 1 else ''} {', '.join(taken)} taken by "
+               f"{'VMs' if len(taken) > 1 else 'a VM'} not of this group: rename or remove "
+               f"{'them' if len(taken) > 1 else 'it'}") if taken else ""
     if not actions:
+        if blocked:  # the feed brings us back when the squatter goes
+            return Plan((), Status("ERROR", current, group.replicas, blocked))
         return Plan((), Status("RUNNING", current, group.replicas, SUCCESS_MESSAGE))
     counts = {"creating": len(missing), "removing": len(surplus),
               "powering on": len(power_on), "resizing": len(resize)}
     message = ", ".join(_counted(text, n) for text, n in counts.items() if n)
-    return Plan(tuple(actions), Status("PENDING", current, group.replicas, message))
+    return Plan(tuple(actions), Status("PENDING", current, group.replicas,
+                                       "; ".join(m for m in (message, blocked) if m)))

@@ -174,15 +174,32 @@ def test_drift_is_repaired_in_seconds_not_at_resync(stack: LocalStack, vcenter: 
     run("delete", "vg", "vg-1", "--timeout=60s")
 
 
+def _metric(stack: LocalStack, sample: str) -> float:
+    assert stack.controller is not None
+    for line in stack.controller.get("/metrics").decode().splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def test_health_and_metrics(stack: LocalStack) -> None:
     assert stack.controller is not None
     assert stack.controller.get("/healthz") == b"ok"
+    assert stack.controller.get("/readyz") == b"ok"
+    _kubectl(stack)("create", "-f", str(EXAMPLE))
+    _wait_for_row(stack, _running(3))
+    poll(lambda: _metric(stack, "vmgroup_controller_managed_vms") == 3, timeout=10,
+         what="3 managed VMs in the metrics")
     metrics = stack.controller.get("/metrics").decode()
     for name in ("vmgroup_controller_reconciles_total", "vmgroup_controller_queue_depth",
-                 "vmgroup_controller_managed_vms", "vmgroup_controller_reconcile_duration"):
+                 "vmgroup_controller_reconcile_duration"):
         assert name in metrics
-    assert 'vmgroup_controller_vcenter_calls_total{method="CloneVM_Task"}' in metrics
-    assert 'vmgroup_controller_vcenter_calls_total{method="WaitForUpdatesEx"}' in metrics
+    # Every round trip to vCenter is counted by method (property reads are "Fetch").
+    for method in ("CloneVM_Task", "PowerOnVM_Task", "WaitForUpdatesEx", "RetrieveProperties",
+                   "Login"):
+        assert _metric(stack, f'vmgroup_controller_vcenter_calls_total{{method="{method}"}}') \
+            >= 1, method
+    assert _metric(stack, 'vmgroup_controller_reconciles_total{result="converged"}') >= 1
 
 
 def _running(replicas: int) -> list[str]:
@@ -207,10 +224,13 @@ def test_killed_mid_scale_up_and_restarted_ends_with_exactly_the_desired_vms(
     run("delete", "vg", "vg-1", "--timeout=60s")
 
 
-def test_a_terminated_vcenter_session_is_replaced(stack: LocalStack, vcenter: VSphere) -> None:
+def test_a_terminated_vcenter_session_is_replaced_transparently(stack: LocalStack,
+                                                                vcenter: VSphere) -> None:
     run = _kubectl(stack)
     run("create", "-f", str(EXAMPLE))
     _wait_for_row(stack, _running(3))
+    errors = _metric(stack, 'vmgroup_controller_reconciles_total{result="error"}')
+    logins = _metric(stack, 'vmgroup_controller_vcenter_calls_total{method="Login"}')
     manager = vcenter.content.sessionManager
     ours = manager.currentSession.key
     others = [s.key for s in manager.sessionList if s.key != ours]
@@ -219,6 +239,9 @@ def test_a_terminated_vcenter_session_is_replaced(stack: LocalStack, vcenter: VS
     run("scale", "vg", "vg-1", "--replicas=2")
     _wait_for_row(stack, _running(2), timeout=60)
     assert len(_vms(stack, vcenter)) == 2
+    # Logged in again on the spot: not one reconcile failed for it.
+    assert _metric(stack, 'vmgroup_controller_reconciles_total{result="error"}') == errors
+    assert _metric(stack, 'vmgroup_controller_vcenter_calls_total{method="Login"}') > logins
     run("delete", "vg", "vg-1", "--timeout=60s")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controller.naming import ordinal
 from controller.planner import (
@@ -53,9 +55,12 @@ CASES = [
     pytest.param(GROUP, [vm(0), vm(1), vm(2), vm(3, owner="someone-else"),
                          vm(4, owner=None, name="ns-vg-4")],
                  [], ("RUNNING", 3, 3, SUCCESS_MESSAGE), id="foreign VMs are never touched"),
-    pytest.param(GROUP, [vm(0, owner="other-uid"), vm(1), vm(2)],
-                 [Clone("ns-vg-0", 1, 1024, "tpl")], ("PENDING", 2, 3, "creating 1 VM"),
-                 id="a name taken by a foreign VM is not ours"),
+    pytest.param(GROUP, [vm(0, owner="other-uid"), vm(1), vm(2)], [],
+                 ("ERROR", 2, 3, "VM name ns-vg-0 taken by a VM not of this group: rename or "
+                  "remove it"), id="a name taken by a foreign VM is reported, not cloned over"),
+    pytest.param(GROUP, [vm(0, owner=None), vm(1, owner="x")], [Clone("ns-vg-2", 1, 1024, "tpl")],
+                 ("PENDING", 0, 3, "creating 1 VM; VM names ns-vg-0, ns-vg-1 taken by VMs not "
+                  "of this group: rename or remove them"), id="taken names and work to do"),
     pytest.param(group(cpu=2), [vm(0), vm(1), vm(2)], [Reconfigure("ns-vg-0", 2, 1024)],
                  ("PENDING", 3, 3, "resizing 3 VMs"), id="resize: one at a time"),
     pytest.param(group(cpu=2), [vm(0, cpu=2), vm(1, on=False), vm(2)],
@@ -114,3 +119,28 @@ def test_plan_is_a_fixed_point_once_actions_are_done() -> None:
     ("ns-vg2-1", None), ("other-0", None)])
 def test_ordinal(name: str, expected: int | None) -> None:
     assert ordinal("ns", "vg", name) == expected
+
+
+observed_vms = st.lists(st.builds(
+    vm, st.integers(0, 6), on=st.booleans(), cpu=st.sampled_from([1, 2]),
+    memory_mb=st.sampled_from([1024, 2048]), owner=st.sampled_from([UID, "other", None])),
+    max_size=8, unique_by=lambda v: v.name)
+desired_groups = st.builds(group, cpu=st.sampled_from([1, 2]), replicas=st.integers(0, 5),
+                           deleting=st.booleans(), has_finalizer=st.booleans())
+
+
+@settings(max_examples=500, deadline=None)
+@given(desired=desired_groups, observed=observed_vms)
+def test_vm_actions_of_one_plan_may_run_at_once(desired: Group, observed: list[Vm]) -> None:
+    """The reconciler runs a plan's VM actions concurrently: that is only safe because each
+    touches another VM, and only VMs that carry our marker (or are new)."""
+    actions = plan(desired, observed).actions
+    touched = [a.name for a in actions if isinstance(a, Clone | PowerOn | Reconfigure | Destroy)]
+    assert len(touched) == len(set(touched))
+    ours = {v.name for v in observed if v.owner_uid == UID}
+    foreign = {v.name for v in observed} - ours
+    for action in actions:
+        if isinstance(action, PowerOn | Reconfigure | Destroy):
+            assert action.name in ours
+        if isinstance(action, Clone):
+            assert action.name not in ours | foreign
