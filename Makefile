@@ -54,6 +54,10 @@ unit: venv ## only the unit tests (no stack, seconds)
 bench-webhook: venv testbin ## webhook latency/throughput/memory at fixed rates (~3 min)
 	$(PY) -m bench.webhook $(BENCH_ARGS)
 
+.PHONY: bench-controller
+bench-controller: venv testbin ## controller convergence, idle vCenter calls, memory (~13 min)
+	$(PY) -m bench.controller $(BENCH_ARGS)
+
 .PHONY: lock
 lock: venv ## refresh constraints.txt from the current .venv
 	$(VENV)/bin/pip freeze --exclude-editable --disable-pip-version-check > constraints.txt.new
