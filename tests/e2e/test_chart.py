@@ -304,6 +304,8 @@ def test_every_controller_setting_reaches_a_flag_of_vmgroup_controller(helm: Hel
         "VMGROUP_CONTROLLER_VCENTER_PASSWORD_FILE": "/etc/vmgroup-controller/vcenter/password",
         "VMGROUP_CONTROLLER_VCENTER_CA_FILE": "/etc/vmgroup-controller/vcenter-ca/ca.crt",
         "VMGROUP_CONTROLLER_VCENTER_INSECURE": "false",
+        "VMGROUP_CONTROLLER_VCENTER_TIMEOUT": "30",
+        "VMGROUP_CONTROLLER_VCENTER_KEEPALIVE_SECONDS": "300",
         "VMGROUP_CONTROLLER_DATACENTER": "DC1",
         "VMGROUP_CONTROLLER_BASE_FOLDER": "k8s/vmgroups",
         "VMGROUP_CONTROLLER_RESOURCE_POOL": "/DC1/host/C1/Resources/k8s",
