@@ -48,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
     add("base-folder", "vmgroup-operator", "VM folder holding the groups' folders")
     add("resource-pool", "", "resource pool for new VMs (default: the first cluster's)")
     add("datastore", "", "datastore for new VMs (default: the template's)")
-    add("workers", 4, "groups reconciled in parallel (default: %(default)s)", int)
+    add("workers", 0, "groups reconciled in parallel (default: as many as "
+        "--max-vcenter-tasks, so that groups of one VM can use every task slot)", int)
     add("max-vcenter-tasks", 10, "vCenter tasks at once, all groups together "
         "(default: %(default)s)", int)
     add("resync-seconds", 600, "every group is looked at this often (default: %(default)s)",
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     elector = LeaseElector(api, args.leader_election_namespace, args.lease_name,
                            f"{socket.gethostname()}_{os.getpid()}") if args.leader_elect else None
     workers: list[threading.Thread] = []
+    count = args.workers or args.max_vcenter_tasks
     metrics.QUEUE_DEPTH.set_function(lambda: len(queue))
     health = metrics.serve(
         args.health_bind, healthy=lambda: all(w.is_alive() for w in workers),
@@ -182,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     work = _worker(queue, Reconciler(api, sessions.get, informer,
                                      parallel=args.max_vcenter_tasks), log)
     workers += [threading.Thread(target=work, name=f"worker-{i}", daemon=True)
-                for i in range(args.workers)]
+                for i in range(count)]
     for worker in workers:
         worker.start()
-    log.info("started", extra={"workers": args.workers, "vcenter": args.vcenter_host})
+    log.info("started", extra={"workers": count, "vcenter": args.vcenter_host})
     stop.wait()
     log.info("stopping")
     informer.stop()

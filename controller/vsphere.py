@@ -149,6 +149,7 @@ class VSphere:
         self.si = connect(config, timeout=timeout, pool_size=config.max_tasks + 8)
         self.content = self.si.RetrieveContent()
         self._lock = threading.Lock()
+        self._creating = threading.Lock()
         self._known: dict[tuple[str, ...], Any] = {}  # lookups that do not change
         self._collectors: list[Any] = []  # idle property collectors for following tasks
         self.datacenter = self._datacenter()
@@ -241,6 +242,12 @@ class VSphere:
 
     def _folder(self, path: tuple[str, ...], *, create: bool) -> Any | None:
         """The VM folder at `path` under the datacenter's VM folder, one level at a time."""
+        if create:
+            with self._creating:  # one CreateFolder per folder, not one per parallel clone
+                return self._walk(path, create=True)
+        return self._walk(path, create=False)
+
+    def _walk(self, path: tuple[str, ...], *, create: bool) -> Any | None:
         folder = self.vm_folder
         for depth in range(1, len(path) + 1):
             parent, name = folder, path[depth - 1]
