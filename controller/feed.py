@@ -1,11 +1,15 @@
 """vCenter's property-change feed: which groups' VMs changed, so drift is repaired in seconds.
 
-One long poll (WaitForUpdatesEx) on a property collector of its own, over every VM and folder
-under the base folder: a VM powered off, resized, created or destroyed behind the controller's
-back (or by it) puts its group's key on the work queue. The VM's folder says which group it is
-in (`<base>/<namespace>/<group>`); folders' names and parents come through the same feed, so
-placing a VM costs no call. The reconcile then reads everything afresh. No polling: while
+One long poll (WaitForUpdatesEx) on a property collector of its own, over every VM under the
+base folder: a VM powered off, resized, created or destroyed behind the controller's back (or
+by it) puts its group's key on the work queue. The VM's folder says which group it is in
+(`<base>/<namespace>/<group>`), asked of vCenter once per folder and remembered (the folders
+are the controller's own). The reconcile then reads everything afresh. No polling: while
 nothing changes, the only traffic is this long poll.
+
+(Folders could come through the feed itself, with no lookup at all; but a container view over
+folders and VMs deadlocks vcsim's property collector against concurrent clones, so the feed
+keeps to VMs, as before.)
 """
 
 from __future__ import annotations
@@ -23,41 +27,30 @@ log = logging.getLogger("vmgroup.controller.feed")
 
 Key = tuple[str, str]
 WATCHED = ["parent", "runtime.powerState", "config.hardware.numCPU", "config.hardware.memoryMB"]
-FOLDER = ["name", "parent"]
 MAX_WAIT_SECONDS = 60  # a long poll answers at least this often, so a dead link is noticed
 
 
 class Inventory:
-    """What the feed knows of the folders and VMs under the base folder, to say which group a
-    VM belongs to without asking vCenter. Pure: fed the feed's changes, in order."""
+    """Which group each VM under the base folder is in, for the feed's changes. `place` says
+    which group a folder is the folder of (None: none); it is asked once per folder."""
 
-    def __init__(self, base: str) -> None:
-        self._base = base  # the base folder's moref id
-        self._folders: dict[str, tuple[str, str | None]] = {}  # id -> (name, parent id)
+    def __init__(self, place: Callable[[Any], Key | None]) -> None:
+        self._place = place
+        self._groups: dict[str, Key | None] = {}  # folder id -> group
         self._vms: dict[str, Key | None] = {}  # VM id -> its group, as last placed
-
-    def folder(self, moid: str, kind: str, changes: dict[str, Any]) -> None:
-        if kind == "leave":
-            self._folders.pop(moid, None)
-            return
-        name, parent = self._folders.get(moid, ("", None))
-        self._folders[moid] = (changes.get("name", name), changes.get("parent", parent))
 
     def vm(self, moid: str, kind: str, changes: dict[str, Any]) -> Key | None:
         """The group whose VM changed (None: not in a group's folder)."""
         if kind == "leave":
             return self._vms.pop(moid, None)
-        if "parent" in changes:
-            self._vms[moid] = self._group(changes["parent"])
-        return self._vms.get(moid)
-
-    def _group(self, folder: str | None) -> Key | None:
-        """(namespace, group) of the folder `<base>/<namespace>/<group>`, else None."""
-        group = self._folders.get(folder or "")
-        namespace = self._folders.get(group[1] or "") if group else None
-        if group is None or namespace is None or namespace[1] != self._base:
-            return None
-        return namespace[0], group[0]
+        before = self._vms.get(moid)
+        if (folder := changes.get("parent")) is not None:
+            folder_id = getattr(folder, "_moId", folder)
+            if folder_id not in self._groups:
+                self._groups[folder_id] = self._place(folder)
+            self._vms[moid] = self._groups[folder_id]
+        # Moved out of a group's folder: that group has lost a VM.
+        return self._vms.get(moid) or before
 
 
 class VCenterFeed:
@@ -97,19 +90,16 @@ class VCenterFeed:
         if base is None:
             raise VSphereError("the base folder cannot be made")
         content = session.content
-        view = content.viewManager.CreateContainerView(base, [vim.VirtualMachine, vim.Folder],
-                                                       True)
+        view = content.viewManager.CreateContainerView(base, [vim.VirtualMachine], True)
         collector = content.propertyCollector.CreatePropertyCollector()
-        inventory = Inventory(base._moId)
+        inventory = Inventory(lambda folder: self._key(folder, base))
         try:
             collector.CreateFilter(vmodl.query.PropertyCollector.FilterSpec(
                 objectSet=[vmodl.query.PropertyCollector.ObjectSpec(
                     obj=view, skip=True, selectSet=[vmodl.query.PropertyCollector.TraversalSpec(
                         name="view", path="view", skip=False, type=vim.view.ContainerView)])],
                 propSet=[vmodl.query.PropertyCollector.PropertySpec(
-                             type=vim.VirtualMachine, pathSet=WATCHED),
-                         vmodl.query.PropertyCollector.PropertySpec(
-                             type=vim.Folder, pathSet=FOLDER)]), partialUpdates=True)
+                    type=vim.VirtualMachine, pathSet=WATCHED)]), partialUpdates=True)
             version = ""
             options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=MAX_WAIT_SECONDS)
             while not self._stop.is_set():
@@ -117,26 +107,24 @@ class VCenterFeed:
                 if update is None:
                     continue  # the long poll timed out: nothing changed
                 version = update.version
-                changes = [c for fu in update.filterSet for c in fu.objectSet]
-                # Folders first: a new group's folder comes in the same update as its VMs.
-                for change in sorted(changes, key=lambda c: not isinstance(c.obj, vim.Folder)):
+                for change in (c for fu in update.filterSet for c in fu.objectSet):
                     self._changed(inventory, change)
         finally:
             collector.Destroy()
             view.Destroy()
 
     def _changed(self, inventory: Inventory, change: Any) -> None:
-        values = {c.name: _moid(c.val) for c in change.changeSet or []}
-        if isinstance(change.obj, vim.Folder):
-            inventory.folder(change.obj._moId, change.kind, values)
-            return
+        values = {c.name: c.val for c in change.changeSet or []}
         key = inventory.vm(change.obj._moId, change.kind, values)
         if key is not None:
             log.debug("vCenter change", extra={"vmgroup": "/".join(key),
                                                "vm": change.obj._moId, "kind": change.kind})
             self._enqueue(key)
 
-
-def _moid(value: Any) -> Any:
-    """A managed object reference as its id (what Inventory keeps); other values as they are."""
-    return value._moId if isinstance(value, vim.ManagedEntity) else value
+    @staticmethod
+    def _key(folder: Any, base: Any) -> Key | None:
+        """(namespace, group) of the folder `<base>/<namespace>/<group>`, else None."""
+        namespace = folder.parent
+        if namespace is None or namespace.parent is None or namespace.parent != base:
+            return None
+        return namespace.name, folder.name

@@ -1,19 +1,24 @@
-"""Placing a changed VM in its group from the feed's own changes, without asking vCenter."""
+"""Placing a changed VM in its group from the feed's changes, asking vCenter once per folder."""
 
 from __future__ import annotations
 
-from controller.feed import Inventory
+from controller.feed import Inventory, Key
+
+FOLDERS: dict[str, Key | None] = {"f-vg": ("team-a", "vg-1"), "f-ns": None, "base": None}
 
 
-def inventory() -> Inventory:
-    inv = Inventory("base")
-    inv.folder("f-ns", "enter", {"name": "team-a", "parent": "base"})
-    inv.folder("f-vg", "enter", {"name": "vg-1", "parent": "f-ns"})
-    return inv
+def inventory() -> tuple[Inventory, list[str]]:
+    asked: list[str] = []
+
+    def place(folder: str) -> Key | None:
+        asked.append(folder)
+        return FOLDERS.get(folder)
+
+    return Inventory(place), asked
 
 
 def test_a_vm_in_a_group_folder_is_placed_in_its_group() -> None:
-    inv = inventory()
+    inv, asked = inventory()
     assert inv.vm("vm-1", "enter", {"parent": "f-vg", "runtime.powerState": "poweredOn"}) == (
         "team-a", "vg-1")
     # A later change without the parent: the VM is placed where it was.
@@ -21,23 +26,24 @@ def test_a_vm_in_a_group_folder_is_placed_in_its_group() -> None:
     # Gone: its group is told, once.
     assert inv.vm("vm-1", "leave", {}) == ("team-a", "vg-1")
     assert inv.vm("vm-1", "modify", {}) is None
+    assert asked == ["f-vg"]
 
 
-def test_vms_outside_group_folders_belong_to_no_group() -> None:
-    inv = inventory()
+def test_each_folder_is_asked_about_once() -> None:
+    inv, asked = inventory()
+    for i in range(5):
+        inv.vm(f"vm-{i}", "enter", {"parent": "f-vg"})
+        inv.vm(f"vm-{i}", "modify", {"parent": "f-vg", "config.hardware.numCPU": 2})
+    inv.vm("vm-9", "enter", {"parent": "f-ns"})
+    inv.vm("vm-10", "enter", {"parent": "f-ns"})
+    assert asked == ["f-vg", "f-ns"]
+
+
+def test_vms_outside_group_folders_belong_to_no_group_and_moves_are_followed() -> None:
+    inv, _ = inventory()
     assert inv.vm("vm-2", "enter", {"parent": "f-ns"}) is None  # in a namespace folder
-    assert inv.vm("vm-3", "enter", {"parent": "base"}) is None  # in the base folder
-    assert inv.vm("vm-4", "enter", {"parent": "elsewhere"}) is None
-    inv.folder("f-deep", "enter", {"name": "x", "parent": "f-vg"})
-    assert inv.vm("vm-5", "enter", {"parent": "f-deep"}) is None  # one level too deep
-
-
-def test_folder_renames_and_moves_are_followed() -> None:
-    inv = inventory()
-    inv.folder("f-vg", "modify", {"name": "vg-2"})
-    assert inv.vm("vm-1", "enter", {"parent": "f-vg"}) == ("team-a", "vg-2")
-    inv.folder("f-vg", "modify", {"parent": "base"})  # moved up: no longer a group folder
-    assert inv.vm("vm-6", "enter", {"parent": "f-vg"}) is None
-    inv.folder("f-ns", "leave", {})
-    inv.folder("f-vg", "modify", {"parent": "f-ns"})
-    assert inv.vm("vm-7", "enter", {"parent": "f-vg"}) is None  # its namespace folder is gone
+    assert inv.vm("vm-3", "enter", {"parent": "base"}) is None
+    assert inv.vm("vm-3", "modify", {"parent": "f-vg"}) == ("team-a", "vg-1")  # moved in
+    # Moved out: the group it left is told (it lost a VM), then it belongs to none.
+    assert inv.vm("vm-3", "modify", {"parent": "elsewhere"}) == ("team-a", "vg-1")
+    assert inv.vm("vm-3", "modify", {"runtime.powerState": "poweredOff"}) is None
