@@ -371,9 +371,10 @@ class VSphere:
                 collector = self.content.propertyCollector.CreatePropertyCollector()
             try:
                 result = self._follow(collector, task)
-            except VSphereError:
-                self._give_back(collector)  # the task failed; the collector is fine
-                raise
+            except VSphereError as exc:
+                if exc.fault is not None:  # the task failed; the collector is fine
+                    self._give_back(collector)
+                raise  # else vCenter did not answer: the collector may still be waiting
             except vmodl.fault.ManagedObjectNotFound as exc:
                 if exc.obj == task or attempt == 2:
                     raise
