@@ -55,7 +55,7 @@ bench-webhook: venv testbin ## webhook latency/throughput/memory at fixed rates 
 	$(PY) -m bench.webhook $(BENCH_ARGS)
 
 .PHONY: bench-controller
-bench-controller: venv testbin ## controller convergence, idle vCenter calls, memory (~13 min)
+bench-controller: venv testbin ## controller convergence, idle vCenter calls, memory (~15 min)
 	$(PY) -m bench.controller $(BENCH_ARGS)
 
 .PHONY: lock

@@ -1,0 +1,455 @@
+"""Controller benchmark: vmgroup-controller against vcsim with per-method delays that model a
+real vCenter.
+
+    make bench-controller                   # or: .venv/bin/python -m bench.controller --help
+    make bench-controller BENCH_ARGS='--quick'   # a smoke run of a few minutes (10 groups)
+
+The full run takes about 15 minutes on 2 cores, most of it the idle window and the memory phase.
+Phases, on one local stack (etcd, kube-apiserver, kube-controller-manager, vcsim):
+
+1. converge: `--groups` VmGroups (cpu 1, memory 1, `--replicas` each, template
+   vm-operator-template) are created over `--namespaces` namespaces while the controller is not
+   running; then it starts and the time until every group reports phase RUNNING with all its
+   replicas is measured from the start of its process (the API is listed every 0.5 s). The
+   bound is what the task cap allows: ceil(groups x replicas / cap) x (clone + power-on delay).
+   Target: within 1.25x of it.
+2. idle: once the controller has settled (nothing queued, no reconcile and no call but the
+   idle ones for 5 s, and a whole long poll of the change feed came back with nothing: the
+   feed may still be working off VM changes well after the groups report RUNNING; how long
+   that takes, and its calls, are reported apart as "settle"), vCenter calls by method over
+   `--idle-seconds`. Target: nothing but the change feed's long poll (WaitForUpdatesEx, one per
+   60 s) and the session keep-alive (CurrentTime). The periodic resync re-reads every group
+   (one RetrieveProperties each); it is steady-state work, not idleness, so it is moved beyond
+   the run (`--resync-seconds`, default 3600 here, 600 in the controller) and the output says
+   so.
+3. memory: groups are added up to `--rss-groups` in all, with `--rss-replicas` VMs each (1 by
+   default: the controller's memory goes with the groups, which it caches, more than with their
+   VMs; with one VM per group a worker keeps one task slot busy, so the workers bound this
+   phase unless there are as many as slots, the controller's default), and once all are
+   RUNNING (and settled, for at most 2 minutes) the controller's VmRSS and VmHWM (its peak) are
+   read from /proc. Target: VmHWM <= 150 MB.
+
+vCenter calls are the controller's own count of every SOAP round trip
+(`vmgroup_controller_vcenter_calls_total{method}` on /metrics): pyVmomi's property reads are
+"Fetch", its RetrieveContents is "RetrieveProperties".
+
+vcsim delays (milliseconds, per SOAP method name; options of their own):
+
+    CloneVM_Task 2000 (--clone-ms)        PowerOnVM_Task, PowerOffVM_Task 500 (--power-ms)
+    ReconfigVM_Task 500 (--reconfigure-ms)   Destroy_Task 500 (--destroy-ms)
+    RetrieveProperties, RetrievePropertiesEx, Fetch 50 (--query-ms)
+
+Every other method answers at once: logins, CurrentTime, FindChild, CreateFolder, the property
+collector's CreateFilter and DestroyPropertyFilter, and WaitForUpdatesEx, a long poll that a
+delay would only shift. How vcsim (govmomi v0.56 simulator, Service.call) applies a delay: it
+sleeps before it runs the method, without holding its inventory lock, so delayed calls overlap.
+For a `_Task` method that means the SOAP call itself blocks for the delay and then returns a
+task that completes at once, where a real vCenter returns the task at once and the task takes
+the time. For the controller the cost is the same: one of its `--max-vcenter-tasks` slots is
+held across the call and the wait for the task, and the SOAP connection is busy meanwhile (its
+pool has cap + 8 connections). A Fetch is delayed once (vcsim serves it through
+RetrievePropertiesEx internally, without a second delay).
+
+One way vcsim is busier than a real vCenter: whenever the change feed's container view changes
+(a VM made), the simulator's property filter forgets what it sent (PropertyFilter.update clears
+its refs) and sends every VM in the view as "enter" again, so while VMs are being made the feed
+gets about 2-3 "enter" changes per new VM where a real vCenter sends one, and computing an
+answer costs it a full collection of the view per change (seconds with hundreds of VMs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.__main__ import parser as controller_parser
+from tests.stack import CRD_PATH, LocalStack
+from tests.stack.components import Controller, kubectl
+from webhook.vmgroup import GROUP, PLURAL, VERSION
+
+TARGET_RATIO, TARGET_HWM_MB = 1.25, 150.0
+CONTROLLER = controller_parser()  # its flags' defaults are the benchmark's
+IDLE_METHODS = frozenset({"WaitForUpdatesEx", "CurrentTime"})  # the feed's poll, keep-alive
+SETTLE_SECONDS = 5.0  # no reconcile and no call but the idle ones for this long: settled
+SETTLE_TIMEOUT = 600.0  # the change feed may still be catching up after convergence
+
+# option: (full run, --quick); other options have one default
+SIZES: dict[str, tuple[float, float]] = {
+    "groups": (100, 10), "idle_seconds": (300, 20), "rss_groups": (1000, 50)}
+
+
+@dataclass
+class Snapshot:
+    """What /metrics says at one moment."""
+
+    calls: Counter[str] = field(default_factory=Counter)  # vCenter calls by method
+    reconciles: Counter[str] = field(default_factory=Counter)  # by result
+    queue: int = 0
+
+    def __sub__(self, earlier: Snapshot) -> Snapshot:
+        return Snapshot(self.calls - earlier.calls, self.reconciles - earlier.reconciles,
+                        self.queue)
+
+
+def _snapshot(controller: Controller) -> Snapshot:
+    snap = Snapshot()
+    text = controller.get("/metrics").decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "vmgroup_controller_vcenter_calls_total":
+                snap.calls[sample.labels["method"]] = int(sample.value)
+            elif sample.name == "vmgroup_controller_reconciles_total":
+                snap.reconciles[sample.labels["result"]] = int(sample.value)
+            elif sample.name == "vmgroup_controller_queue_depth":
+                snap.queue = int(sample.value)
+    return snap
+
+
+def _memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS (now) and VmHWM (peak) of a process, in MB."""
+    fields = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {name: int(fields[name].split()[0]) / 1024 for name in ("VmRSS", "VmHWM")}
+
+
+def _progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Groups:
+    """The benchmark's VmGroups through the Kubernetes API (no webhook: full specs)."""
+
+    def __init__(self, local: LocalStack, namespaces: int) -> None:
+        from kubernetes import client, config  # noqa: PLC0415 - slow import, after argparse
+
+        api = config.new_client_from_config(config_file=str(local.kubeconfig))
+        self._custom = client.CustomObjectsApi(api)
+        self._core = client.CoreV1Api(api)
+        self._client = client
+        self.template = local.vcenter.template
+        self.namespaces = [f"bench-{i}" for i in range(namespaces)]
+        self.replicas: dict[tuple[str, str], int] = {}  # every group made: replicas wanted
+
+    def create_namespaces(self) -> None:
+        for name in self.namespaces:
+            self._core.create_namespace(self._client.V1Namespace(
+                metadata=self._client.V1ObjectMeta(name=name)))
+
+    def create(self, first: int, last: int, replicas: int) -> None:
+        """Groups vg-<first> .. vg-<last - 1>, round-robin over the namespaces."""
+        def one(i: int) -> None:
+            namespace, name = self.namespaces[i % len(self.namespaces)], f"vg-{i:04d}"
+            self._custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "VmGroup",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"cpu": 1, "memory": 1, "replicas": replicas,
+                         "template": self.template}})
+            self.replicas[namespace, name] = replicas
+
+        with ThreadPoolExecutor(max_workers=4) as pool:  # the client's pool has 4 connections
+            list(pool.map(one, range(first, last)))
+
+    def running(self) -> tuple[int, int]:
+        """(groups RUNNING with every replica, groups in phase ERROR), of those made."""
+        listing: Any = self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        done = errors = 0
+        for item in listing["items"]:
+            meta, status = item["metadata"], item.get("status") or {}
+            wanted = self.replicas.get((meta["namespace"], meta["name"]))
+            if wanted is None:
+                continue
+            if status.get("phase") == "RUNNING" and status.get("currentReplicas") == wanted:
+                done += 1
+            errors += status.get("phase") == "ERROR"
+        return done, errors
+
+
+def _wait_running(groups: Groups, alive: Callable[[], None], timeout: float,
+                  interval: float) -> float | None:
+    """Seconds until every group made is RUNNING with all its replicas (None: timed out)."""
+    start = last_report = time.monotonic()
+    total = len(groups.replicas)
+    while True:
+        alive()
+        done, errors = groups.running()
+        now = time.monotonic()
+        if done == total:
+            return now - start
+        if now - start > timeout:
+            _progress(f"timed out: {done}/{total} RUNNING, {errors} in ERROR")
+            return None
+        if now - last_report >= 10:
+            _progress(f"{done}/{total} RUNNING, {errors} in ERROR, {now - start:.0f}s")
+            last_report = now
+        time.sleep(interval)
+
+
+def _settle(controller: Controller, timeout: float) -> tuple[float, Snapshot, bool]:
+    """Wait until the controller has nothing left to do: nothing queued, no reconcile and no
+    vCenter call but the idle ones for SETTLE_SECONDS, and the change feed caught up (two of its
+    long polls began with nothing in between, so the first came back with nothing to handle; a
+    quiet spell alone is not enough: vcsim may take seconds to answer a poll that brings a
+    backlog). Returns (seconds until the last activity, what happened meanwhile, settled?)."""
+    start = time.monotonic()
+    first = last = quiet = _snapshot(controller)
+    quiet_since = start
+    while time.monotonic() - start < timeout:
+        time.sleep(1.0)
+        controller.process.check_alive()
+        snap = _snapshot(controller)
+        busy = {m for m in (snap.calls - last.calls) if m not in IDLE_METHODS}
+        if busy or snap.reconciles != last.reconciles or snap.queue:
+            quiet_since, quiet = time.monotonic(), snap
+        last = snap
+        polls = snap.calls["WaitForUpdatesEx"] - quiet.calls["WaitForUpdatesEx"]
+        if time.monotonic() - quiet_since >= SETTLE_SECONDS and polls >= 2:
+            return quiet_since - start, last - first, True
+    return time.monotonic() - start, last - first, False
+
+
+def _options(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--quick", action="store_true",
+        help="smoke run: 10 groups, 20 s idle, 50 groups for memory (explicit options win)")
+    add("--groups", type=int, help="VmGroups to converge (default: 100; --quick: 10)")
+    add("--replicas", type=int, default=3, help="VMs per group (default: %(default)s)")
+    add("--namespaces", type=int, default=4, help="spread over (default: %(default)s)")
+    add("--max-vcenter-tasks", type=int, default=CONTROLLER.get_default("max_vcenter_tasks"),
+        help="the controller's task cap (default: %(default)s, the controller's)")
+    add("--workers", type=int, default=CONTROLLER.get_default("workers"),
+        help="the controller's workers (default: %(default)s, the controller's; 0: as many as "
+        "the cap)")
+    add("--resync-seconds", type=float, default=3600,
+        help="the controller's periodic resync, beyond the run (default: %(default)s)")
+    add("--idle-seconds", type=float, help="idle window (default: 300; --quick: 20)")
+    add("--rss-groups", type=int,
+        help="groups in all for the memory phase (default: 1000; --quick: 50; 0: skip it)")
+    add("--rss-replicas", type=int, default=1,
+        help="VMs per group added for the memory phase (default: %(default)s)")
+    add("--clone-ms", type=int, default=2000, help="CloneVM_Task (default: %(default)s)")
+    add("--power-ms", type=int, default=500,
+        help="PowerOnVM_Task and PowerOffVM_Task (default: %(default)s)")
+    add("--reconfigure-ms", type=int, default=500, help="ReconfigVM_Task (default: %(default)s)")
+    add("--destroy-ms", type=int, default=500, help="Destroy_Task (default: %(default)s)")
+    add("--query-ms", type=int, default=50,
+        help="RetrieveProperties, RetrievePropertiesEx, Fetch (default: %(default)s)")
+    add("--controller-args", default="", help="extra vmgroup-controller flags")
+    add("--work-dir", type=Path,
+        help="keep the stack's files and logs here (default: a temporary directory, removed)")
+    args = parser.parse_args(argv)
+    for name, (full, quick) in SIZES.items():
+        if getattr(args, name) is None:
+            setattr(args, name, type(full)(quick if args.quick else full))
+    if args.rss_groups and args.rss_groups < args.groups:
+        parser.error("--rss-groups counts every group: give at least --groups")
+    return args
+
+
+def _delays(args: argparse.Namespace) -> dict[str, int]:
+    return {"CloneVM_Task": args.clone_ms, "PowerOnVM_Task": args.power_ms,
+            "PowerOffVM_Task": args.power_ms, "ReconfigVM_Task": args.reconfigure_ms,
+            "Destroy_Task": args.destroy_ms, "RetrieveProperties": args.query_ms,
+            "RetrievePropertiesEx": args.query_ms, "Fetch": args.query_ms}
+
+
+def _bound(vms: int, args: argparse.Namespace) -> float:
+    """Seconds the task cap allows for `vms` clones and power-ons, nothing else counted."""
+    cap: int = args.max_vcenter_tasks
+    per_vm = float(args.clone_ms + args.power_ms) / 1000
+    return math.ceil(vms / cap) * per_vm
+
+
+@dataclass
+class Result:
+    converge_s: float | None = None  # from the controller's process start
+    ready_s: float = 0.0  # from its start until /readyz said ok
+    settle_s: float = 0.0
+    settled: bool = True
+    phases: dict[str, Snapshot] = field(default_factory=dict)  # calls by phase, in order
+    rss_at_groups: dict[str, float] = field(default_factory=dict)
+    rss_converge_s: float | None = None
+    rss_settled: bool = False
+    memory: dict[str, float] = field(default_factory=dict)
+
+
+def _run(args: argparse.Namespace, work: Path, result: Result) -> None:
+    with LocalStack(work, vcsim_method_delays=_delays(args)) as local:
+        _progress(f"stack up; logs in {local.log_dir}")
+        kubectl(local.kubeconfig, "apply", "--server-side", "-f", str(CRD_PATH))
+        kubectl(local.kubeconfig, "wait", "--for=condition=Established",
+                f"crd/{PLURAL}.{GROUP}")
+        groups = Groups(local, args.namespaces)
+        groups.create_namespaces()
+        groups.create(0, args.groups, args.replicas)
+        _progress(f"{args.groups} groups x {args.replicas} created; starting the controller")
+
+        started = time.monotonic()
+        controller = local.start_controller([
+            f"--workers={args.workers}", f"--max-vcenter-tasks={args.max_vcenter_tasks}",
+            f"--resync-seconds={args.resync_seconds}", *args.controller_args.split()])
+        result.ready_s = time.monotonic() - started
+        before = Snapshot()  # the process counted from zero
+        timeout = 4 * _bound(args.groups * args.replicas, args) + 120
+        waited = _wait_running(groups, controller.process.check_alive, timeout, 0.5)
+        if waited is None:
+            for part in (controller, local.vcsim):
+                if part is not None:
+                    _progress(f"last lines of {part.process.log_path}:\n"
+                              f"{part.process.log_tail(10)}")
+            return
+        result.converge_s = result.ready_s + waited
+        converged = _snapshot(controller)
+        result.phases["converge"] = converged - before
+        _progress(f"converged in {result.converge_s:.1f}s; settling")
+
+        result.settle_s, result.phases["settle"], result.settled = _settle(controller,
+                                                                           SETTLE_TIMEOUT)
+        start = _snapshot(controller)
+        _progress(f"idle for {args.idle_seconds:.0f}s")
+        deadline = time.monotonic() + args.idle_seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 30.0))
+            controller.process.check_alive()
+        result.phases[f"idle {args.idle_seconds:.0f}s"] = _snapshot(controller) - start
+        pid = controller.process.pid
+        assert pid is not None
+        result.rss_at_groups = _memory_mb(pid)
+
+        if args.rss_groups > args.groups:
+            start = _snapshot(controller)
+            added = args.rss_groups - args.groups
+            _progress(f"adding {added} groups x {args.rss_replicas} for the memory phase")
+            created = time.monotonic()
+            groups.create(args.groups, args.rss_groups, args.rss_replicas)
+            timeout = 4 * _bound(added * args.rss_replicas, args) + 300
+            waited = _wait_running(groups, controller.process.check_alive, timeout, 2.0)
+            if waited is not None:
+                result.rss_converge_s = time.monotonic() - created
+                result.rss_settled = _settle(controller, 120.0)[2]
+            result.phases[f"+{added} groups"] = _snapshot(controller) - start
+            result.memory = _memory_mb(pid)
+
+
+def _report(args: argparse.Namespace, result: Result) -> list[tuple[str, bool]]:
+    vms = args.groups * args.replicas
+    bound = _bound(vms, args)
+    delays = ", ".join(f"{m} {ms}" for m, ms in _delays(args).items())
+    print(f"\nvmgroup-controller: {args.groups} VmGroups x {args.replicas} replicas in "
+          f"{args.namespaces} namespaces, --max-vcenter-tasks {args.max_vcenter_tasks} "
+          f"--workers {args.workers}{' (as many as the cap)' if not args.workers else ''}; "
+          f"{os.cpu_count()} CPUs for the whole stack")
+    print(f"vcsim delays (ms): {delays}; every other method: none")
+    print(f"periodic resync at {args.resync_seconds:.0f}s (the controller's default is "
+          f"{CONTROLLER.get_default('resync_seconds'):.0f}s), "
+          "outside the run: a resync reads every group again (one RetrieveProperties each)")
+    verdicts: list[tuple[str, bool]] = []
+    if result.converge_s is None:
+        print(f"did NOT converge within the timeout ({4 * bound + 120:.0f}s)")
+        verdicts.append((f"converge within {TARGET_RATIO}x the bound", False))
+    else:
+        ratio = result.converge_s / bound
+        print(f"converge: {result.converge_s:.1f}s from the controller's start "
+              f"(ready after {result.ready_s:.1f}s); bound ceil({vms}/"
+              f"{args.max_vcenter_tasks}) x {(args.clone_ms + args.power_ms) / 1000:g}s = "
+              f"{bound:.1f}s; ratio {ratio:.2f}")
+        print(f"settle:   the last reconcile or non-idle vCenter call came {result.settle_s:.1f}s "
+              "after convergence" + ("; then a long poll of the change feed came back empty"
+                                     if result.settled else
+                                     f": did NOT settle within {SETTLE_TIMEOUT:.0f}s"))
+        verdicts.append((f"converge within {TARGET_RATIO}x the bound", ratio <= TARGET_RATIO))
+    if result.phases:
+        _calls_table(result.phases)
+    idle = next((s for name, s in result.phases.items() if name.startswith("idle")), None)
+    if idle is not None:
+        others = {m: n for m, n in idle.calls.items() if m not in IDLE_METHODS and n}
+        verdicts.append(("idle: no vCenter call but WaitForUpdatesEx and CurrentTime"
+                         + (f" (also: {others})" if others else ""), not others))
+    if result.rss_at_groups:
+        print(f"controller memory with {args.groups} groups, idle: "
+              f"VmRSS {result.rss_at_groups['VmRSS']:.1f} MB, "
+              f"VmHWM {result.rss_at_groups['VmHWM']:.1f} MB")
+    if args.rss_groups > args.groups:
+        added = args.rss_groups - args.groups
+        if result.rss_converge_s is not None:
+            print(f"memory phase: +{added} groups x {args.rss_replicas} converged in "
+                  f"{result.rss_converge_s:.1f}s from their creation (bound "
+                  f"{_bound(added * args.rss_replicas, args):.1f}s)"
+                  + ("" if result.rss_settled else "; not settled 2 minutes later"))
+        if result.memory:
+            print(f"controller memory with {args.rss_groups} groups: "
+                  f"VmRSS {result.memory['VmRSS']:.1f} MB, "
+                  f"VmHWM (peak) {result.memory['VmHWM']:.1f} MB")
+        ok = result.rss_converge_s is not None and bool(result.memory) and \
+            result.memory["VmHWM"] <= TARGET_HWM_MB
+        verdicts.append((f"<= {TARGET_HWM_MB:.0f} MB peak RSS at {args.rss_groups} groups"
+                         + ("" if result.rss_converge_s is not None else " (not converged)"),
+                         ok))
+    return verdicts
+
+
+def _calls_table(phases: dict[str, Snapshot]) -> None:
+    methods = sorted({m for s in phases.values() for m, n in s.calls.items() if n},
+                     key=lambda m: -phases.get("converge", Snapshot()).calls[m])
+    width = max([len(m) for m in methods] + [len("vCenter calls")])
+    cols = [max(len(name), 8) for name in phases]
+    print(f"{'vCenter calls':<{width}} " + " ".join(
+        f"{name:>{w}}" for name, w in zip(phases, cols, strict=True)))
+    for method in [*methods, "total"]:
+        cells = [sum(s.calls.values()) if method == "total" else s.calls[method]
+                 for s in phases.values()]
+        print(f"{method:<{width}} " + " ".join(
+            f"{n:>{w}}" for n, w in zip(cells, cols, strict=True)))
+    reconciles = [f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(s.reconciles.items()))
+                  for name, s in phases.items() if s.reconciles]
+    print("reconciles by result: " + "; ".join(reconciles))
+
+
+def _stop_cleanly(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through LocalStack, which stops every part
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _options(argv)
+    # A background job inherits SIGINT ignored; SIGTERM would end us without stopping the stack.
+    signal.signal(signal.SIGINT, _stop_cleanly)
+    signal.signal(signal.SIGTERM, _stop_cleanly)
+    result = Result()
+    with contextlib.ExitStack() as cleanup:
+        work = args.work_dir or Path(cleanup.enter_context(
+            tempfile.TemporaryDirectory(prefix="bench-controller-")))
+        try:
+            _run(args, work, result)
+        finally:  # a failed run still reports what it measured
+            verdicts = _report(args, result)
+    for name, ok in verdicts:
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    print("reproduce: .venv/bin/python -m bench.controller "
+          f"--groups {args.groups} --replicas {args.replicas} --namespaces {args.namespaces} "
+          f"--max-vcenter-tasks {args.max_vcenter_tasks} --workers {args.workers} "
+          f"--resync-seconds {args.resync_seconds:.0f} --idle-seconds {args.idle_seconds:.0f} "
+          f"--rss-groups {args.rss_groups} --rss-replicas {args.rss_replicas} "
+          f"--clone-ms {args.clone_ms} --power-ms {args.power_ms} "
+          f"--reconfigure-ms {args.reconfigure_ms} --destroy-ms {args.destroy_ms} "
+          f"--query-ms {args.query_ms}"
+          + (f" --controller-args='{args.controller_args}'" if args.controller_args else ""))
+    return 0 if verdicts and all(ok for _, ok in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
