@@ -7,9 +7,8 @@ by it) puts its group's key on the work queue. The VM's folder says which group 
 are the controller's own). The reconcile then reads everything afresh. No polling: while
 nothing changes, the only traffic is this long poll.
 
-(Folders could come through the feed itself, with no lookup at all; but a container view over
-folders and VMs deadlocks vcsim's property collector against concurrent clones, so the feed
-keeps to VMs, as before.)
+(Folders could come through the feed itself, with no lookup at all; but collecting folders
+while clones run deadlocks vcsim's property collector, so the feed keeps to VMs.)
 """
 
 from __future__ import annotations
@@ -19,9 +18,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pyVmomi import vim, vmodl
+from pyVmomi import vim
 
-from .vsphere import VCenterConfig, VSphere, VSphereError
+from .vsphere import PC, VCenterConfig, VSphere, VSphereError
 
 log = logging.getLogger("vmgroup.controller.feed")
 
@@ -31,26 +30,33 @@ MAX_WAIT_SECONDS = 60  # a long poll answers at least this often, so a dead link
 
 
 class Inventory:
-    """Which group each VM under the base folder is in, for the feed's changes. `place` says
-    which group a folder is the folder of (None: none); it is asked once per folder."""
+    """Which group each VM under the base folder is in, and what the feed last said of it.
+    `place` says which group a folder is the folder of (None: none); it is asked once per
+    folder. A change that repeats what is known (vcsim re-announces every VM as it re-scans)
+    wakes nobody."""
 
     def __init__(self, place: Callable[[Any], Key | None]) -> None:
         self._place = place
         self._groups: dict[str, Key | None] = {}  # folder id -> group
-        self._vms: dict[str, Key | None] = {}  # VM id -> its group, as last placed
+        self._vms: dict[str, tuple[Key | None, dict[str, Any]]] = {}  # VM id -> group, values
 
     def vm(self, moid: str, kind: str, changes: dict[str, Any]) -> Key | None:
-        """The group whose VM changed (None: not in a group's folder)."""
+        """The group to tell about this change of a VM (None: nobody)."""
         if kind == "leave":
-            return self._vms.pop(moid, None)
-        before = self._vms.get(moid)
-        if (folder := changes.get("parent")) is not None:
-            folder_id = getattr(folder, "_moId", folder)
-            if folder_id not in self._groups:
-                self._groups[folder_id] = self._place(folder)
-            self._vms[moid] = self._groups[folder_id]
+            gone = self._vms.pop(moid, None)
+            return gone[0] if gone else None
+        before, values = self._vms.get(moid, (None, {}))
+        new = {name: getattr(value, "_moId", value) for name, value in changes.items()}
+        if moid in self._vms and all(values.get(k) == v for k, v in new.items()):
+            return None  # nothing new
+        group = before
+        if (folder := new.get("parent")) is not None:
+            if folder not in self._groups:
+                self._groups[folder] = self._place(changes["parent"])
+            group = self._groups[folder]
+        self._vms[moid] = (group, {**values, **new})
         # Moved out of a group's folder: that group has lost a VM.
-        return self._vms.get(moid) or before
+        return group or before
 
 
 class VCenterFeed:
@@ -90,28 +96,29 @@ class VCenterFeed:
         if base is None:
             raise VSphereError("the base folder cannot be made")
         content = session.content
-        view = content.viewManager.CreateContainerView(base, [vim.VirtualMachine], True)
         collector = content.propertyCollector.CreatePropertyCollector()
         inventory = Inventory(lambda folder: self._key(folder, base))
+        # Down the folder tree by traversal, not through a ContainerView: vcsim deadlocks a
+        # view's lock against its property filters while VMs are being created.
+        down = PC.TraversalSpec(name="down", type=vim.Folder, path="childEntity", skip=False,
+                                selectSet=[PC.SelectionSpec(name="down")])
         try:
-            collector.CreateFilter(vmodl.query.PropertyCollector.FilterSpec(
-                objectSet=[vmodl.query.PropertyCollector.ObjectSpec(
-                    obj=view, skip=True, selectSet=[vmodl.query.PropertyCollector.TraversalSpec(
-                        name="view", path="view", skip=False, type=vim.view.ContainerView)])],
-                propSet=[vmodl.query.PropertyCollector.PropertySpec(
-                    type=vim.VirtualMachine, pathSet=WATCHED)]), partialUpdates=True)
+            collector.CreateFilter(PC.FilterSpec(
+                objectSet=[PC.ObjectSpec(obj=base, skip=True, selectSet=[down])],
+                propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=WATCHED)]),
+                partialUpdates=True)
             version = ""
-            options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=MAX_WAIT_SECONDS)
+            options = PC.WaitOptions(maxWaitSeconds=MAX_WAIT_SECONDS)
             while not self._stop.is_set():
                 update = collector.WaitForUpdatesEx(version, options)
                 if update is None:
                     continue  # the long poll timed out: nothing changed
                 version = update.version
                 for change in (c for fu in update.filterSet for c in fu.objectSet):
-                    self._changed(inventory, change)
+                    if isinstance(change.obj, vim.VirtualMachine):  # not the folders passed
+                        self._changed(inventory, change)
         finally:
             collector.Destroy()
-            view.Destroy()
 
     def _changed(self, inventory: Inventory, change: Any) -> None:
         values = {c.name: c.val for c in change.changeSet or []}

@@ -47,3 +47,13 @@ def test_vms_outside_group_folders_belong_to_no_group_and_moves_are_followed() -
     # Moved out: the group it left is told (it lost a VM), then it belongs to none.
     assert inv.vm("vm-3", "modify", {"parent": "elsewhere"}) == ("team-a", "vg-1")
     assert inv.vm("vm-3", "modify", {"runtime.powerState": "poweredOff"}) is None
+
+
+def test_a_change_that_repeats_what_is_known_wakes_nobody() -> None:
+    inv, _ = inventory()
+    seen = {"parent": "f-vg", "runtime.powerState": "poweredOn", "config.hardware.numCPU": 1}
+    assert inv.vm("vm-1", "enter", seen) == ("team-a", "vg-1")
+    assert inv.vm("vm-1", "enter", seen) is None  # re-announced as it was
+    assert inv.vm("vm-1", "modify", {"runtime.powerState": "poweredOn"}) is None
+    assert inv.vm("vm-1", "modify", {"runtime.powerState": "poweredOff"}) == ("team-a", "vg-1")
+    assert inv.vm("vm-1", "enter", {**seen, "runtime.powerState": "poweredOff"}) is None
