@@ -150,6 +150,7 @@ class VSphere:
         self.content = self.si.RetrieveContent()
         self._lock = threading.Lock()
         self._creating = threading.Lock()
+        self._looking = threading.RLock()  # a lookup may look up its parent
         self._known: dict[tuple[str, ...], Any] = {}  # lookups that do not change
         self._collectors: list[Any] = []  # idle property collectors for following tasks
         self.datacenter = self._datacenter()
@@ -173,11 +174,16 @@ class VSphere:
         with self._lock:
             if key in self._known:
                 return self._known[key]
-        found = lookup()
-        if found is not None:
+        # One lookup at a time: the parallel clones of a cold start would each make it.
+        with self._looking:
             with self._lock:
-                self._known[key] = found
-        return found
+                if key in self._known:
+                    return self._known[key]
+            found = lookup()
+            if found is not None:
+                with self._lock:
+                    self._known[key] = found
+            return found
 
     def forget(self) -> None:
         """Drop every remembered object (one of them is gone from vCenter)."""
