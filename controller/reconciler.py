@@ -1,7 +1,8 @@
 """Reconcile one VmGroup: read it, observe vCenter, plan, act, report. The Kubernetes edge.
 
-Level-triggered: it reads the object and vCenter afresh every time, so the same call after a
-restart, a missed event or a failure converges to the same result. A failure is reported in
+Level-triggered: it takes the newest copy of the object (the informer's cache) and observes
+vCenter afresh every time, so the same call after a restart, a missed event or a failure
+converges to the same result. The plan's VM actions run at once (each touches another VM). A failure is reported in
 status (phase ERROR, a clear lastMessage) and raised, for the queue to retry with backoff.
 """
 
