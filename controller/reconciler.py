@@ -2,8 +2,9 @@
 
 Level-triggered: it takes the newest copy of the object (the informer's cache) and observes
 vCenter afresh every time, so the same call after a restart, a missed event or a failure
-converges to the same result. The plan's VM actions run at once (each touches another VM). A failure is reported in
-status (phase ERROR, a clear lastMessage) and raised, for the queue to retry with backoff.
+converges to the same result. The plan's VM actions run at once (each touches another VM).
+A failure is reported in status (phase ERROR, a clear lastMessage) and raised, for the queue
+to retry with backoff.
 """
 
 from __future__ import annotations
