@@ -138,9 +138,10 @@ class Reconciler:
                                 thread_name_prefix="vm-action") as pool:
             futures = [(action, pool.submit(vsphere.execute, group, action))
                        for action in actions]
-        failures = [exc for _, future in futures if (exc := future.exception()) is not None]
+        failures = []
         for action, future in futures:
-            if future.exception() is not None:
+            if (exc := future.exception()) is not None:
+                failures.append(exc)
                 continue
             match action:
                 case Clone(vm_name):

@@ -126,7 +126,7 @@ def connect(config: VCenterConfig, *, timeout: float | None = None,
                            f"{config.username}") from None
     except VSphereError:
         raise
-    except (OSError, ssl.SSLError) as exc:
+    except OSError as exc:  # refused, unreachable, a certificate that does not verify
         raise VSphereError(f"cannot reach vCenter {config.host}: {exc}") from None
     except Exception as exc:  # pyVim's "is down or is not a VIM server", HTTP errors
         raise VSphereError(f"cannot talk to vCenter {config.host}: {exc}") from None
