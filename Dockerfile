@@ -3,6 +3,8 @@
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
+COPY vmgroup_api/ vmgroup_api/
+COPY kubekit/ kubekit/
 COPY webhook/ webhook/
 COPY controller/ controller/
 COPY initializers/ initializers/

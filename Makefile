@@ -31,16 +31,17 @@ testbin: ## build kube-apiserver, kube-controller-manager, kubectl, etcd, vcsim,
 
 .PHONY: dev
 dev: venv testbin ## start the local stack in the background, install the CRD, apply the example
-	$(PY) -m tests.stack up
+	$(PY) -m hack.stack up
 
 .PHONY: dev-down
 dev-down: ## stop everything `make dev` started
-	@if [[ -x $(PY) ]]; then $(PY) -m tests.stack down; else echo "nothing to stop"; fi
+	@if [[ -x $(PY) ]]; then $(PY) -m hack.stack down; else echo "nothing to stop"; fi
 
 .PHONY: lint
-lint: venv ## ruff and mypy
+lint: venv ## ruff, mypy, and the import contracts of the layout (lint-imports)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 .PHONY: test
 test: venv testbin lint ## the whole suite: lint, unit, integration (vcsim), end-to-end (API server)

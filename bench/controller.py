@@ -77,9 +77,9 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.__main__ import parser as controller_parser
-from tests.stack import CRD_PATH, LocalStack
-from tests.stack.components import Controller, kubectl
-from webhook.vmgroup import GROUP, PLURAL, VERSION
+from hack.stack import CRD_PATH, LocalStack
+from hack.stack.components import Controller, kubectl
+from vmgroup_api import GROUP, PLURAL, VERSION
 
 TARGET_RATIO, TARGET_HWM_MB = 1.25, 150.0
 CONTROLLER = controller_parser()  # its flags' defaults are the benchmark's

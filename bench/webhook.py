@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.initializer_fixtures import LOGGING_AGENT, configmap
-from tests.reviews import review, vmgroup
-from tests.stack import LocalStack, binary
-from tests.stack.components import Webhook, kubectl
-from tests.stack.pki import CertificateAuthority
+from hack.stack import LocalStack, binary
+from hack.stack.components import Webhook, kubectl
+from hack.stack.pki import CertificateAuthority
+from hack.stack.reviews import review, vmgroup
+from hack.stack.workloads import LOGGING_AGENT, configmap
 
 TARGET_P99_MS, TARGET_P99_RATE, TARGET_RPS, TARGET_RSS_MB = 5.0, 200, 800, 80.0
 

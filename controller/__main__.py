@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from webhook.cli import EnvParser
+from kubekit.cli import EnvParser
 
 ENV_PREFIX = "VMGROUP_CONTROLLER_"
 
@@ -130,16 +130,17 @@ def main(argv: list[str] | None = None) -> int:
               "VMGROUP_VCENTER_PASSWORD", file=sys.stderr)
         return 2
 
-    from webhook import logs  # noqa: PLC0415 - one JSON log format for both parts
+    from kubekit import logs  # noqa: PLC0415 - one JSON log format for both parts
 
     logging.config.dictConfig(logs.dict_config(args.log_level))
     from kubernetes import client, config  # noqa: PLC0415
 
+    from kubekit.leader import LeaseElector  # noqa: PLC0415
+    from kubekit.queue import WorkQueue  # noqa: PLC0415
+
     from . import metrics  # noqa: PLC0415
     from .feed import VCenterFeed  # noqa: PLC0415
     from .informer import Key, VmGroupInformer  # noqa: PLC0415
-    from .leader import LeaseElector  # noqa: PLC0415
-    from .queue import WorkQueue  # noqa: PLC0415
     from .reconciler import Reconciler  # noqa: PLC0415
     from .vsphere import Sessions, VCenterConfig  # noqa: PLC0415
 

@@ -4,7 +4,7 @@ Only keys travel on the queue; the reconciler reads the object from the cache wh
 it, so it always sees the newest version the watch brought, and a lost event costs nothing once
 the next one, a relist or the periodic resync arrives. A 410 Gone (our resourceVersion is too
 old) or a dropped connection leads to a relist; a watch that went silent (no event or bookmark
-within the client-side timeout) is dropped and re-established (initializers.watch.ListWatcher).
+within the client-side timeout) is dropped and re-established (kubekit.watch.ListWatcher).
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import Any
 
 from kubernetes import client
 
-from initializers.watch import SERVER_TIMEOUT, ListWatcher
-from webhook.vmgroup import GROUP, PLURAL, VERSION
-
-from .queue import WorkQueue
+from kubekit.queue import WorkQueue
+from kubekit.watch import SERVER_TIMEOUT, ListWatcher
+from vmgroup_api import GROUP, PLURAL, VERSION
 
 Key = tuple[str, str]  # (namespace, name)
 

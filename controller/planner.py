@@ -9,7 +9,7 @@ Rules (DESIGN.md, "Principles"):
 - the finalizer comes before any VM; without it the only action is to add it;
 - only VMs carrying the group's UID as ownership marker are ever touched, and a name taken by
   another VM is never cloned over (the group reports it instead);
-- VM names are deterministic (controller.naming), so a missing ordinal is cloned under the
+- VM names are deterministic (vmgroup_api.naming), so a missing ordinal is cloned under the
   name it would have had, and a restart never duplicates a VM;
 - surplus VMs go highest ordinal first; drift (powered off, destroyed) is repaired;
 - cpu/memory changes roll one VM at a time, and only while every other VM is available;
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .naming import ordinal, vm_name
+from vmgroup_api import DELETING, ERROR, PENDING, RUNNING, ordinal, vm_name
 
 SUCCESS_MESSAGE = "successfully reconciled VmGroup"
 
@@ -136,13 +136,13 @@ def plan(group: Group, observed: Sequence[Vm]) -> Plan:
         if owned:
             doomed = sorted(owned, reverse=True)
             return Plan(tuple(Destroy(n) for n in doomed), Status(
-                "DELETING", running, 0, f"deleting: {_counted('destroying', len(doomed))}"))
+                DELETING, running, 0, f"deleting: {_counted('destroying', len(doomed))}"))
         tail: tuple[Action, ...] = (DeleteFolder(), RemoveFinalizer()) if group.has_finalizer \
             else ()
-        return Plan(tail, Status("DELETING", 0, 0, "deleting: all VMs destroyed"))
+        return Plan(tail, Status(DELETING, 0, 0, "deleting: all VMs destroyed"))
 
     if not group.has_finalizer:  # nothing is created before deletion is guaranteed to clean up
-        return Plan((AddFinalizer(),), Status("PENDING", running, group.replicas,
+        return Plan((AddFinalizer(),), Status(PENDING, running, group.replicas,
                                               "adding the finalizer"))
 
     wanted = [vm_name(group.namespace, group.name, i) for i in range(group.replicas)]
@@ -175,10 +175,10 @@ def plan(group: Group, observed: Sequence[Vm]) -> Plan:
                f"{'them' if len(taken) > 1 else 'it'}") if taken else ""
     if not actions:
         if blocked:  # the feed brings us back when the squatter goes
-            return Plan((), Status("ERROR", current, group.replicas, blocked))
-        return Plan((), Status("RUNNING", current, group.replicas, SUCCESS_MESSAGE))
+            return Plan((), Status(ERROR, current, group.replicas, blocked))
+        return Plan((), Status(RUNNING, current, group.replicas, SUCCESS_MESSAGE))
     counts = {"creating": len(missing), "removing": len(surplus),
               "powering on": len(power_on), "resizing": len(resize)}
     message = ", ".join(_counted(text, n) for text, n in counts.items() if n)
-    return Plan(tuple(actions), Status("PENDING", current, group.replicas,
+    return Plan(tuple(actions), Status(PENDING, current, group.replicas,
                                        "; ".join(m for m in (message, blocked) if m)))

@@ -10,7 +10,6 @@ to retry with backoff.
 from __future__ import annotations
 
 import datetime
-import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +18,17 @@ from typing import Any, Protocol
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from webhook.vmgroup import DEFAULTS, GROUP, PLURAL, VERSION
+from kubekit.events import EventRecorder
+from vmgroup_api import (
+    API_VERSION,
+    DEFAULTS,
+    ERROR,
+    FINALIZER,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+)
 
 from . import metrics
 from . import status as status_mod
@@ -37,9 +46,6 @@ from .planner import (
 )
 from .vsphere import VSphere, VSphereError
 
-log = logging.getLogger("vmgroup.controller")
-
-FINALIZER = "vm.codeconnect.vmworld.com/vms"
 VM_ACTIONS = (Clone, PowerOn, Reconfigure, Destroy)
 
 
@@ -79,7 +85,7 @@ class Reconciler:
     def __init__(self, api: client.ApiClient, vsphere: Callable[[], VSphere], store: Store, *,
                  parallel: int = 10) -> None:
         self._custom = client.CustomObjectsApi(api)
-        self._core = client.CoreV1Api(api)
+        self._events = EventRecorder(client.CoreV1Api(api), "vmgroup-controller")
         self._vsphere = vsphere
         self._store = store
         self._parallel = parallel  # VM actions of one group at once (the task cap still rules)
@@ -99,7 +105,7 @@ class Reconciler:
         except VSphereError as exc:
             self._event(obj, "Warning", "ReconcileFailed", str(exc))
             previous = obj.get("status") or {}
-            known = Status("ERROR", int(previous.get("currentReplicas", 0)),
+            known = Status(ERROR, int(previous.get("currentReplicas", 0)),
                            int((obj.get("spec") or {}).get("replicas", 0)), str(exc))
             self._write_status(obj, status_mod.build(known, generation=_generation(obj),
                                                      previous=previous, now=_now(),
@@ -174,22 +180,8 @@ class Reconciler:
                 raise
 
     def _event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
-        meta = obj["metadata"]
-        now = datetime.datetime.now(datetime.UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.",
-                                         namespace=meta["namespace"]),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind="VmGroup", name=meta["name"],
-                namespace=meta["namespace"], uid=meta["uid"]),
-            reason=reason, message=message[:1024], type=kind, count=1,
-            first_timestamp=now, last_timestamp=now,
-            source=client.V1EventSource(component="vmgroup-controller"),
-            reporting_component="vmgroup-controller")
-        try:
-            self._core.create_namespaced_event(meta["namespace"], event)
-        except ApiException as exc:  # an event is worth a log line, not a failed reconcile
-            log.warning("could not record an event", extra={"status": exc.status})
+        self._events.record({"apiVersion": API_VERSION, "kind": KIND, **obj}, kind, reason,
+                            message)
 
 
 def _generation(obj: dict[str, Any]) -> int:

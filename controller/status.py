@@ -9,9 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .planner import Status
+from vmgroup_api import (
+    DELETING,
+    ERROR,
+    MAX_MESSAGE,
+    PENDING,
+    PROGRESSING,
+    READY,
+    RUNNING,
+)
 
-MAX_MESSAGE = 1024  # the CRD's bound on status.lastMessage (a longer one is refused, 422)
+from .planner import Status
 
 
 def _short(message: str) -> str:
@@ -36,11 +44,11 @@ def build(result: Status, *, generation: int, previous: Mapping[str, Any] | None
           error: str | None = None) -> dict[str, Any]:
     """The status for a reconcile that planned `result`, or failed with `error`."""
     previous = previous or {}
-    phase = "ERROR" if error else result.phase
+    phase = ERROR if error else result.phase
     message = _short(error or result.message)
-    ready = phase == "RUNNING"
-    progressing = phase in ("PENDING", "DELETING")
-    ready_reason = {"RUNNING": "Reconciled", "ERROR": "Error", "DELETING": "Deleting"}.get(
+    ready = phase == RUNNING
+    progressing = phase in (PENDING, DELETING)
+    ready_reason = {RUNNING: "Reconciled", ERROR: "Error", DELETING: "Deleting"}.get(
         phase, "Reconciling")
     return {
         "phase": phase,
@@ -49,9 +57,9 @@ def build(result: Status, *, generation: int, previous: Mapping[str, Any] | None
         "lastMessage": message,
         "observedGeneration": generation,
         "conditions": [
-            _condition("Ready", ready, ready_reason, message, generation=generation,
+            _condition(READY, ready, ready_reason, message, generation=generation,
                        previous=previous, now=now),
-            _condition("Progressing", progressing,
+            _condition(PROGRESSING, progressing,
                        "Reconciling" if progressing else ("Error" if error else "Converged"),
                        message, generation=generation, previous=previous, now=now),
         ],

@@ -28,6 +28,8 @@ from typing import Any
 from pyVim.connect import SmartStubAdapter, VimSessionOrientedStub
 from pyVmomi import vim, vmodl
 
+from vmgroup_api import OWNER_KEY
+
 from . import metrics
 from .planner import (
     Action,
@@ -44,7 +46,6 @@ from .planner import (
 
 log = logging.getLogger("vmgroup.controller.vsphere")
 
-OWNER_KEY = "vmgroup.codeconnect.vmworld.com.uid"  # extraConfig key of the ownership marker
 TASK_TIMEOUT = 600.0
 TASK_WAIT_SECONDS = 10  # one long poll for a task's state answers at least this often
 VM_PROPERTIES = ["name", "runtime.powerState", "config.hardware.numCPU",

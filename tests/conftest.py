@@ -17,8 +17,8 @@ import pytest
 import requests
 from kubernetes import client, config
 
-from tests.stack import CRD_PATH, LocalStack, VCenterInfo, binary, poll, vsphere
-from tests.stack.components import Webhook
+from hack.stack import CRD_PATH, LocalStack, VCenterInfo, binary, poll, vsphere
+from hack.stack.components import Webhook
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 

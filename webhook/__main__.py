@@ -13,8 +13,8 @@ import sys
 import tempfile
 
 from initializers.inject import DEFAULT_PREFIX
+from kubekit.cli import EnvParser
 
-from .cli import EnvParser
 from .server import ServerSettings, WebhookServer
 from .vmgroup import Policy
 

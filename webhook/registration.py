@@ -1,7 +1,8 @@
 """The webhook configurations that register us with the API server, as plain data.
 
 One definition for every way of reaching the webhook: by URL (the local stack) or by Service
-(the chart renders the same rules; tests/unit/test_registration.py keeps them equal).
+(the chart renders the same rules; test_webhook_rules_are_those_of_registration_py in
+tests/e2e/test_chart.py keeps them equal).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from initializers.inject import DEFAULT_PREFIX
-
-from .vmgroup import GROUP, VERSION
+from vmgroup_api import GROUP, PLURAL, VERSION
 
 NAME = "vmgroup-operator"
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
@@ -100,10 +100,10 @@ def configurations(client_config: ClientConfig, operator_namespace: str, *,
     """
     excluded = [operator_namespace, *SYSTEM_NAMESPACES]
     mutating = _webhook(f"mutate.vmgroups.{GROUP}", MUTATE_PATH,
-                        [_rule(GROUP, VERSION, ["vmgroups"])], client_config, excluded)
+                        [_rule(GROUP, VERSION, [PLURAL])], client_config, excluded)
     mutating["reinvocationPolicy"] = "IfNeeded"  # defaults again if a later webhook unsets them
     validating = _webhook(f"validate.vmgroups.{GROUP}", VALIDATE_PATH,
-                          [_rule(GROUP, VERSION, ["vmgroups", "vmgroups/scale"])],
+                          [_rule(GROUP, VERSION, [PLURAL, f"{PLURAL}/scale"])],
                           client_config, excluded)
     injecting = _injection_webhooks(client_config, excluded, prefix, injection_failure_policy)
     def meta() -> dict[str, Any]:  # a copy each: changing one must not change the other

@@ -21,8 +21,8 @@ from gunicorn.app.base import BaseApplication
 
 from initializers.inject import DEFAULT_PREFIX
 from initializers.registry import Registry
+from kubekit import logs
 
-from . import logs
 from .admission import DEFAULT_MAX_REQUEST_BYTES
 from .registration import SYSTEM_NAMESPACES
 from .vmgroup import Policy
@@ -155,9 +155,8 @@ def start_initializer_watch(settings: ServerSettings) -> Registry:
         return registry
     from kubernetes import client, config  # noqa: PLC0415 - only workers that watch pay for it
 
-    from initializers.watch import ConfigMapWatcher  # noqa: PLC0415
-
     from . import metrics  # noqa: PLC0415
+    from .initializer_watch import ConfigMapWatcher  # noqa: PLC0415
 
     if settings.kubeconfig:
         api = config.new_client_from_config(config_file=settings.kubeconfig)

@@ -1,9 +1,9 @@
 """The VmGroup admission rules: defaulting and validation. Pure functions over plain dicts.
 
-Every rule about what a VmGroup may contain is stated here once: the defaults, this cluster's
-policy maxima, the hard bounds vSphere itself has (also in the CRD's schema, which the API
-server applies before our validating webhook; tests/unit/test_vmgroup_rules.py keeps the two
-equal), template names, immutability, and that generated VM names fit vSphere.
+The admission side of every rule about what a VmGroup may contain: this cluster's policy maxima
+(configuration of the webhook), and the checks of the API's defaults, hard bounds, template
+names and VM names (vmgroup_api, shared with the controller), immutability, and the scale
+subresource.
 """
 
 from __future__ import annotations
@@ -14,20 +14,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.naming import MAX_VSPHERE_NAME, longest_vm_name
+from vmgroup_api import (
+    DEFAULTS,
+    GROUP,
+    HARD_BOUNDS,
+    KIND,
+    MAX_VSPHERE_NAME,
+    VERSION,
+    longest_vm_name,
+    template_problem,
+)
 
 from .admission import AdmissionRequest, GroupVersionKind, allow, deny, json_patch
 
-GROUP, VERSION, KIND = "vm.codeconnect.vmworld.com", "v1alpha1", "VmGroup"
-PLURAL = "vmgroups"
 VMGROUP = GroupVersionKind(GROUP, VERSION, KIND)
 SCALE = GroupVersionKind("autoscaling", "v1", "Scale")
-
-DEFAULTS: Mapping[str, int] = {"cpu": 1, "memory": 1, "replicas": 1}
-# What vSphere 8 allows: vCPUs and memory (GB) per VM, VMs registered in one vCenter.
-HARD_BOUNDS: Mapping[str, tuple[int, int]] = {
-    "cpu": (1, 768), "memory": (1, 24576), "replicas": (0, 45000)}
-TEMPLATE_FORBIDDEN = frozenset("/\\%")  # vSphere escapes these in inventory paths
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,6 @@ class FieldError:
         if self.kind == "Invalid value":
             return f"{self.path}: {self.kind}: {json.dumps(self.value)}: {self.detail}"
         return f"{self.path}: {self.kind}: {self.detail}"
-
-
-def template_problem(template: str) -> str | None:
-    """Why `template` cannot name a vSphere template, or None when it can."""
-    if not 1 <= len(template) <= MAX_VSPHERE_NAME:
-        return f"must be 1 to {MAX_VSPHERE_NAME} characters long"
-    if bad := sorted({c for c in template if c in TEMPLATE_FORBIDDEN or not c.isprintable()}):
-        return f"must not contain {', '.join(repr(c) for c in bad)}"
-    return None
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -20,10 +20,10 @@ from cryptography import x509
 
 from controller.__main__ import ENV_PREFIX as CONTROLLER_ENV
 from controller.__main__ import parser as controller_parser
+from hack.stack import REPO, LocalStack, bin_dir, binary, poll
+from hack.stack.components import free_port, kubectl
+from hack.stack.process import Process, write_private
 from initializers.spec import initializer_name, parse
-from tests.stack import REPO, LocalStack, bin_dir, binary, poll
-from tests.stack.components import free_port, kubectl
-from tests.stack.process import Process, write_private
 from webhook import registration
 
 pytestmark = pytest.mark.kube

@@ -12,8 +12,8 @@ import pytest
 
 from controller.planner import Group, Vm
 from controller.vsphere import VCenterConfig, VSphere
-from tests.stack import REPO, LocalStack, poll, vsphere
-from tests.stack.components import Controller, kubectl
+from hack.stack import REPO, LocalStack, poll, vsphere
+from hack.stack.components import Controller, kubectl
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
 

@@ -1,6 +1,6 @@
 """The controller recovers on its own from failures caused on purpose, and loses nothing.
 
-Real parts throughout: the real API server (behind tests.stack.apiproxy where a watch has to
+Real parts throughout: the real API server (behind tests.apiproxy where a watch has to
 be broken: a 410 Gone the real API server gives, a watch gone silent), a real restart of the
 API server, and VMware's vcsim frozen with SIGSTOP for 30 s.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import CRD_PATH, LocalStack, poll
-from tests.stack.apiproxy import ApiProxy
-from tests.stack.components import Controller, kubeconfig, kubectl, write_kubeconfig
+from hack.stack import CRD_PATH, LocalStack, poll
+from hack.stack.components import Controller, kubeconfig, kubectl, write_kubeconfig
+from tests.apiproxy import ApiProxy
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
 

@@ -12,11 +12,11 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hack.stack import poll
+from hack.stack.components import Webhook
+from hack.stack.workloads import LOGGING_AGENT, configmap, deployment, pod
 from initializers.inject import STATUS_ANNOTATION
 from tests.conftest import Kubectl
-from tests.initializer_fixtures import LOGGING_AGENT, configmap, deployment, pod
-from tests.stack import poll
-from tests.stack.components import Webhook
 
 pytestmark = pytest.mark.kube
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import REPO, poll
-from tests.stack.process import exited
+from hack.stack import REPO, poll
+from hack.stack.process import exited
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
 
 
 def _stack(state: Path, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tests.stack", command, "--state", str(state)],
+    return subprocess.run([sys.executable, "-m", "hack.stack", command, "--state", str(state)],
                           cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
 
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from kubernetes import client, watch
 
+from hack.stack import REPO
 from tests.conftest import Kubectl
-from tests.stack import REPO
 
 pytestmark = pytest.mark.kube
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
+from hack.stack import REPO
+from hack.stack.components import Webhook
 from tests.conftest import Kubectl
-from tests.stack import REPO
-from tests.stack.components import Webhook
 
 pytestmark = pytest.mark.kube
 

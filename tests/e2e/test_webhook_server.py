@@ -19,11 +19,11 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.reviews import patched, review, vmgroup
-from tests.stack import poll
-from tests.stack.components import Webhook
-from tests.stack.pki import CertificateAuthority
-from tests.stack.process import exited
+from hack.stack import poll
+from hack.stack.components import Webhook
+from hack.stack.pki import CertificateAuthority
+from hack.stack.process import exited
+from hack.stack.reviews import patched, review, vmgroup
 from tests.strategies import bodies
 
 pytestmark = pytest.mark.kube

@@ -13,8 +13,9 @@ from prometheus_client import REGISTRY
 from pyVmomi import vim
 
 from controller.planner import AddFinalizer, Clone, Group, Plan, RemoveFinalizer, plan
-from controller.vsphere import OWNER_KEY, Sessions, VCenterConfig, VSphere, VSphereError
-from tests.stack import VCenterInfo, poll, vsphere
+from controller.vsphere import Sessions, VCenterConfig, VSphere, VSphereError
+from hack.stack import VCenterInfo, poll, vsphere
+from vmgroup_api import OWNER_KEY
 
 pytestmark = pytest.mark.vcenter
 

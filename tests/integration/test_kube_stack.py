@@ -10,8 +10,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from hack.stack import REPO, poll
 from tests.conftest import Kubectl
-from tests.stack import REPO, poll
 
 pytestmark = pytest.mark.kube
 

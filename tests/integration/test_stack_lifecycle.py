@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import REPO, LocalStack, StackError, poll
-from tests.stack.process import exited
+from hack.stack import REPO, LocalStack, StackError, poll
+from hack.stack.process import exited
 
 
 @pytest.mark.kube
@@ -42,7 +42,7 @@ def test_children_die_with_a_killed_owner(tmp_path: Path) -> None:
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, threading
             from pathlib import Path
-            from tests.stack import LocalStack
+            from hack.stack import LocalStack
             stack = LocalStack(Path({str(tmp_path)!r}), kube=False).start()
             print(stack.pids()["vcsim"], flush=True)
             threading.Event().wait()

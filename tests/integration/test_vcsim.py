@@ -10,7 +10,7 @@ import pytest
 from pyVim.connect import SmartConnect
 from pyVmomi import vim
 
-from tests.stack import VCenterInfo, poll, vsphere
+from hack.stack import VCenterInfo, poll, vsphere
 
 pytestmark = pytest.mark.vcenter
 

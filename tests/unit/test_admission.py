@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.reviews import review, vmgroup
+from hack.stack.reviews import review, vmgroup
 from webhook.admission import BadReview, allow, deny, json_patch, parse_review
 
 

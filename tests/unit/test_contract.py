@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from tests.stack import CRD_PATH, REPO
+from hack.stack import CRD_PATH, REPO
 
 CONTRACT_COLUMNS = ["PHASE", "CURRENT", "DESIRED", "CPU", "MEMORY", "TEMPLATE", "LAST_MESSAGE"]
 

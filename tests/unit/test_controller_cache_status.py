@@ -10,7 +10,8 @@ from kubernetes import client
 from controller import status
 from controller.informer import VmGroupInformer, newer
 from controller.planner import Status
-from controller.queue import WorkQueue
+from kubekit.queue import WorkQueue
+from vmgroup_api import MAX_MESSAGE
 
 
 def obj(name: str, version: str | None, **spec: Any) -> dict[str, Any]:
@@ -49,9 +50,9 @@ def test_a_message_too_long_for_the_crd_is_cut_to_fit() -> None:
     long = "é" * 2000  # 2 bytes each: the limit counts bytes
     built = status.build(Status("ERROR", 0, 1, ""), generation=1, previous=None, now="t",
                          error=long)
-    assert len(built["lastMessage"].encode()) <= status.MAX_MESSAGE
+    assert len(built["lastMessage"].encode()) <= MAX_MESSAGE
     assert built["lastMessage"].endswith("...")
-    assert all(len(c["message"].encode()) <= status.MAX_MESSAGE for c in built["conditions"])
+    assert all(len(c["message"].encode()) <= MAX_MESSAGE for c in built["conditions"])
     short = status.build(Status("RUNNING", 1, 1, "ok"), generation=1, previous=None, now="t")
     assert short["lastMessage"] == "ok"
 

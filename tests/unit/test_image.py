@@ -9,7 +9,7 @@ import tomllib
 
 import yaml
 
-from tests.stack import REPO
+from hack.stack import REPO
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from hack.stack.reviews import patched, review
+from hack.stack.workloads import LOGGING_AGENT, configmap, deployment, pod
 from initializers.inject import (
     STATUS_ANNOTATION,
     BadRequest,
@@ -18,8 +20,6 @@ from initializers.inject import (
 )
 from initializers.registry import Registry
 from initializers.spec import InvalidInitializer, initializer_name, parse
-from tests.initializer_fixtures import LOGGING_AGENT, configmap, deployment, pod
-from tests.reviews import patched, review
 from webhook.admission import parse_review
 from webhook.injection import InjectionSettings, handle
 

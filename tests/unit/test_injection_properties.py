@@ -8,9 +8,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hack.stack.reviews import patched, review
+from hack.stack.workloads import LOGGING_AGENT, configmap
 from initializers.registry import Registry
-from tests.initializer_fixtures import LOGGING_AGENT, configmap
-from tests.reviews import patched, review
 from tests.strategies import json_values
 from webhook.admission import parse_review
 from webhook.injection import InjectionSettings, handle

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.stack.pki import CertificateAuthority, signing_key_pem
+from hack.stack.pki import CertificateAuthority, signing_key_pem
 
 
 @pytest.fixture(scope="module")

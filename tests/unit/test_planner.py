@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.naming import ordinal
 from controller.planner import (
     SUCCESS_MESSAGE,
     AddFinalizer,
@@ -20,6 +19,7 @@ from controller.planner import (
     Vm,
     plan,
 )
+from vmgroup_api import ordinal
 
 UID = "uid-1"
 GROUP = Group(namespace="ns", name="vg", uid=UID, cpu=1, memory_gb=1, replicas=3,

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from tests.stack import StackError, poll
+from hack.stack import StackError, poll
 
 
 def test_returns_first_truthy_result() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from controller.queue import WorkQueue
+from kubekit.queue import WorkQueue
 
 
 class Clock:

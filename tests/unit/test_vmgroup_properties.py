@@ -7,7 +7,8 @@ import json
 import pytest
 from hypothesis import given, settings
 
-from tests.reviews import patched
+import vmgroup_api
+from hack.stack.reviews import patched
 from tests.strategies import bodies
 from webhook import vmgroup
 from webhook.admission import BadReview, parse_review
@@ -46,8 +47,8 @@ def test_any_body_is_a_clear_400_or_a_well_formed_answer(body: bytes) -> None:
 def test_odd_metadata_is_not_a_crash(meta: dict[str, object]) -> None:
     body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
             "request": {"uid": "u", "operation": "CREATE",
-                        "kind": {"group": vmgroup.GROUP, "version": vmgroup.VERSION,
-                                 "kind": vmgroup.KIND},
+                        "kind": {"group": vmgroup_api.GROUP, "version": vmgroup_api.VERSION,
+                                 "kind": vmgroup_api.KIND},
                         "object": {"metadata": meta, "spec": {"cpu": 1, "memory": 1,
                                                               "replicas": 1, "template": "t"}}}}
     answer = vmgroup.validate(parse_review(json.dumps(body)), POLICY)["response"]

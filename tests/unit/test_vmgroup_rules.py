@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.naming import longest_vm_name, vm_name
-from tests.reviews import patched, review, vmgroup
-from tests.stack import CRD_PATH
+from hack.stack import CRD_PATH
+from hack.stack.reviews import patched, review, vmgroup
+from vmgroup_api import HARD_BOUNDS, longest_vm_name, vm_name
 from webhook import vmgroup as rules
 from webhook.admission import MAX_WARNING_LENGTH, AdmissionRequest, parse_review
-from webhook.vmgroup import HARD_BOUNDS, Policy
+from webhook.vmgroup import Policy
 
 POLICY = Policy(max_cpu=16, max_memory=64, max_replicas=50)
 FULL: dict[str, Any] = {"cpu": 2, "memory": 4, "replicas": 3, "template": "vm-operator-template"}

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.reviews import review, vmgroup
-from tests.stack.pki import CertificateAuthority
+from hack.stack.pki import CertificateAuthority
+from hack.stack.reviews import review, vmgroup
 from webhook import __main__ as cli
 from webhook.admission import AdmissionRequest
 from webhook.app import create_app
