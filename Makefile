@@ -37,6 +37,10 @@ dev: venv testbin ## start the local stack in the background, install the CRD, a
 dev-down: ## stop everything `make dev` started
 	@if [[ -x $(PY) ]]; then $(PY) -m hack.stack down; else echo "nothing to stop"; fi
 
+.PHONY: dev-status
+dev-status: ## every part of the `make dev` stack: running or dead, pid, address, log
+	@if [[ -x $(PY) ]]; then $(PY) -m hack.stack status; else echo "local stack: not running"; exit 1; fi
+
 .PHONY: lint
 lint: venv ## ruff, mypy, and the import contracts of the layout (lint-imports)
 	$(VENV)/bin/ruff check .

@@ -64,10 +64,19 @@ build() { # set ldflags "binaries..." package...
   done
   [[ -n "$missing" ]] || return 0
   echo "testbin: building $bins ($set) ..." >&2
-  local start=$SECONDS partial="$bindir/.partial-$set"
+  local start=$SECONDS partial="$bindir/.partial-$set" rc=0 ticker
   rm -rf "$partial" # whatever a killed build of this set left behind
+  # A large set (Kubernetes) builds for minutes without a word: say that it still does.
+  (while sleep 30; do echo "testbin: still building $bins ($((SECONDS - start))s)" >&2; done) &
+  ticker=$!
   (cd "$tools/$set" && CGO_ENABLED=0 GOFLAGS=-mod=readonly \
-    go build -trimpath -ldflags "$ldflags" -o "$partial/" "$@")
+    go build -trimpath -ldflags "$ldflags" -o "$partial/" "$@") || rc=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  if (( rc != 0 )); then
+    echo "testbin: building $bins ($set) failed" >&2
+    exit "$rc"
+  fi
   # The etcd server's package path ends in /v3, so go names its binary "server".
   if [[ "$set" == etcd && -f "$partial/server" ]]; then
     mv "$partial/server" "$partial/etcd"

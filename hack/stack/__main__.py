@@ -1,12 +1,13 @@
 """`make dev` / `make dev-down`: run the local stack in the background for a developer.
 
-    python -m hack.stack up   [--state .dev]   start (or find running) and set up the stack
-    python -m hack.stack down [--state .dev]   stop everything `up` started
-    python -m hack.stack status [--state .dev]
+    python -m hack.stack up     [--state .dev]  start (or find running, and restart what died)
+    python -m hack.stack down   [--state .dev]  stop everything `up` started
+    python -m hack.stack status [--state .dev]  every part: running or dead, pid, address, log
 
 `up` starts a detached supervisor (`serve`) that owns every process of the stack; children die
 with it (PR_SET_PDEATHSIG), so `down` only has to stop the supervisor, and a crashed supervisor
-leaves nothing behind either.
+leaves nothing behind either. The supervisor notices a part that exits (status shows it); `up`
+asks it (SIGUSR1) to start the dead parts again, on their own ports and data.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .components import CRD_PATH, REPO, bin_dir, kubectl
 from .process import StackError, exited, poll, write_private
@@ -31,6 +33,7 @@ from .stack import OPERATOR_NAMESPACE, LocalStack
 
 EXAMPLE = REPO / "examples" / "vmgroup.yaml"
 UP_TIMEOUT = 240.0
+PROGRESS = "progress: "  # supervisor log lines that `up` repeats to the developer
 
 
 class State:
@@ -54,11 +57,16 @@ class State:
             return None
         return pid if b"hack.stack" in cmdline and b"serve" in cmdline else None
 
-    def info(self) -> dict[str, object] | None:
+    def info(self) -> dict[str, Any] | None:
         try:
             return dict(json.loads(self.info_file.read_text()))
         except (OSError, ValueError):
             return None
+
+    def dead_parts(self, info: dict[str, Any]) -> list[str]:
+        """The parts the running stack recorded whose process is gone."""
+        return [name for name, pid in info.get("pids", {}).items()
+                if not _runs_from(int(pid), self.work)]
 
 
 def _env_file(state: State, stack: LocalStack) -> str:
@@ -80,31 +88,88 @@ def _env_file(state: State, stack: LocalStack) -> str:
     return "# Written by `make dev`; source it: . .dev/env\n" + "\n".join(lines) + "\n"
 
 
+def _progress(line: str) -> None:
+    print(f"{PROGRESS}{line}", flush=True)
+
+
+def _addresses(stack: LocalStack) -> dict[str, str]:
+    """Every address a developer may need, by part."""
+    found = {"kube-apiserver": stack.apiserver.url if stack.apiserver else None,
+             "vcsim": stack.vcenter.url,
+             "webhook": stack.webhook.url if stack.webhook else None,
+             "controller": f"{stack.controller.url}/metrics" if stack.controller else None}
+    return {name: url for name, url in found.items() if url}
+
+
+def _publish(state: State, stack: LocalStack, restarts: int, error: str | None = None) -> None:
+    info = {"addresses": _addresses(stack), "pids": stack.pids(),
+            "logs": {p.process.name: str(p.process.log_path) for p in stack.parts},
+            "restarts": restarts, "error": error}
+    partial = state.info_file.with_suffix(".partial")
+    partial.write_text(json.dumps(info, indent=2))
+    partial.replace(state.info_file)  # readers never see half a file
+
+
 def serve(state: State) -> int:
-    """The supervisor: start the stack, publish how to reach it, run until SIGTERM/SIGINT."""
-    stop = threading.Event()
+    """The supervisor: start the stack, publish how to reach it, watch over its parts (SIGUSR1:
+    start the dead ones again), run until SIGTERM/SIGINT."""
+    stop, restart, wake = threading.Event(), threading.Event(), threading.Event()
+
+    def on_signal(flag: threading.Event) -> Callable[..., None]:
+        def handler(*_: object) -> None:
+            flag.set()
+            wake.set()  # the watch loop acts at once
+        return handler
+
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal(stop))
+    signal.signal(signal.SIGUSR1, on_signal(restart))
     shutil.rmtree(state.work, ignore_errors=True)
-    stack = LocalStack(state.work, log_dir=state.logs)
+    stack = LocalStack(state.work, log_dir=state.logs, progress=_progress)
     try:
         stack.start()
+        _progress("installing the VmGroup CRD and the operator namespace ...")
         _install_api(stack.kubeconfig)  # the controller lists VmGroups as soon as it starts
-        webhook = stack.start_webhook()
+        stack.start_webhook()
         stack.start_controller()
         write_private(state.kubeconfig, stack.kubeconfig.read_bytes())
         write_private(state.env_file, _env_file(state, stack))
-        info = {"apiserver": stack.apiserver.url if stack.apiserver else None,
-                "vcenter": stack.vcenter.url, "webhook": webhook.url, "pids": stack.pids()}
-        state.info_file.write_text(json.dumps(info, indent=2))
-        print(f"stack ready: {json.dumps(info)}", flush=True)
-        stop.wait()
+        _publish(state, stack, restarts=0)
+        print(f"stack ready: {json.dumps(_addresses(stack))}", flush=True)
+        _watch_over(state, stack, stop, restart, wake)
     finally:
         print("stopping the stack", flush=True)
         stack.stop()
         state.info_file.unlink(missing_ok=True)
         shutil.rmtree(state.work, ignore_errors=True)
     return 0
+
+
+def _watch_over(state: State, stack: LocalStack, stop: threading.Event,
+                restart: threading.Event, wake: threading.Event) -> None:
+    """Log each part that dies, once; on a restart request start the dead ones again."""
+    reported: set[str] = set()
+    restarts = 0
+    while not stop.is_set():
+        wake.wait(1.0)
+        wake.clear()
+        if stop.is_set():
+            return
+        if restart.is_set():
+            restart.clear()
+            error = None
+            try:
+                if names := stack.restart_dead():
+                    _progress(f"restarted {', '.join(names)}")
+            except Exception as exc:  # a part that cannot start again: say so, keep the rest
+                error = f"restart failed: {exc}"
+                print(error, flush=True)
+            restarts += 1
+            reported.clear()
+            _publish(state, stack, restarts, error)
+        for name in set(stack.dead()) - reported:
+            print(f"{name} has exited; `make dev` starts it again", flush=True)
+            reported.add(name)
 
 
 def _install_api(config: Path) -> None:
@@ -137,30 +202,55 @@ def up(state: State) -> int:
     with _exclusive(state):
         _ensure_supervisor(state)
         _set_up_cluster(state)
-    info = state.info() or {}
+    addresses = (state.info() or {}).get("addresses", {})
     print(f"""
-  API server : {info.get('apiserver')}
-  vCenter    : {info.get('vcenter')} (vcsim, template vm-operator-template)
-  webhook    : {info.get('webhook')} (vmgroup-webhook, registered by URL)
-  controller : vmgroup-controller (logs/controller.log)
-  logs       : {state.logs}/
+  API server : {addresses.get('kube-apiserver')}
+  vCenter    : {addresses.get('vcsim')} (vcsim, template vm-operator-template)
+  webhook    : {addresses.get('webhook')} (vmgroup-webhook, registered by URL)
+  controller : {addresses.get('controller')} (vmgroup-controller: /metrics, /healthz, /readyz)
+  logs       : {os.path.relpath(state.logs)}/
 
 Next:
   source {os.path.relpath(state.env_file)} && kubectl get vg
   govc find / -type m -name vm-operator-template
+  make dev-status  # every part: running or dead
   make dev-down    # stops everything
 """)
     return 0
 
 
+class _Follower:
+    """Repeats the supervisor's progress lines as they are written."""
+
+    def __init__(self, log: Path) -> None:
+        self._log = log
+        self._offset = log.stat().st_size if log.exists() else 0
+
+    def __call__(self) -> None:
+        try:
+            with self._log.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return
+        complete = data[:data.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            if line.startswith(PROGRESS):
+                print(f"  {line.removeprefix(PROGRESS)}", flush=True)
+
+
 def _ensure_supervisor(state: State) -> None:
     pid = state.supervisor_pid()
     if pid is not None:
-        poll(state.info, timeout=UP_TIMEOUT, what="the running local stack")
+        info = poll(state.info, timeout=UP_TIMEOUT, what="the running local stack")
         print(f"local stack already running (supervisor pid {pid})")
+        if dead := state.dead_parts(info):
+            _restart(state, pid, info, dead)
         return
     state.logs.mkdir(parents=True, exist_ok=True)
     state.info_file.unlink(missing_ok=True)
+    follow = _Follower(state.logs / "supervisor.log")
     with (state.logs / "supervisor.log").open("ab") as log:
         supervisor = subprocess.Popen(
             [sys.executable, "-m", "hack.stack", "serve", "--state", str(state.root)],
@@ -169,12 +259,26 @@ def _ensure_supervisor(state: State) -> None:
     state.pid_file.write_text(str(supervisor.pid))
 
     def supervisor_alive() -> None:
+        follow()
         if supervisor.poll() is not None:
             tail = (state.logs / "supervisor.log").read_text(errors="replace")[-3000:]
             raise StackError(f"the stack failed to start:\n{tail}")
 
     poll(state.info, timeout=UP_TIMEOUT, what="the local stack", alive=supervisor_alive)
+    follow()
     print(f"local stack started (supervisor pid {supervisor.pid})")
+
+
+def _restart(state: State, pid: int, info: dict[str, Any], dead: list[str]) -> None:
+    """Ask the supervisor to start the dead parts again, and wait until it has."""
+    print(f"  {', '.join(dead)} had exited: starting again")
+    follow = _Follower(state.logs / "supervisor.log")
+    os.kill(pid, signal.SIGUSR1)
+    done = poll(lambda: (new := state.info()) and new.get("restarts") != info.get("restarts")
+                and new, timeout=UP_TIMEOUT, what="the dead parts to start again", alive=follow)
+    follow()
+    if done.get("error"):
+        raise StackError(f"{done['error']} (logs in {state.logs})")
 
 
 def _runs_from(pid: int, directory: Path) -> bool:
@@ -201,25 +305,34 @@ def down(state: State) -> int:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)  # children then get PR_SET_PDEATHSIG's SIGTERM
         # Belt and braces: whatever the supervisor recorded must be gone.
-        pids = dict(info.get("pids", {}))  # type: ignore[call-overload]
+        pids = dict(info.get("pids", {}))
         for name, child in pids.items():
             if _runs_from(int(child), state.work):
                 print(f"{name} (pid {child}) outlived its supervisor; killing it")
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(child), signal.SIGKILL)
-        state.pid_file.unlink(missing_ok=True)
-        state.info_file.unlink(missing_ok=True)
+        # Nothing may point at a stack that is gone.
+        for path in (state.pid_file, state.info_file, state.env_file, state.kubeconfig):
+            path.unlink(missing_ok=True)
     print("local stack stopped" if pid else "local stack was not running")
     return 0
 
 
 def status(state: State) -> int:
+    """One line per part; exit 1 when the stack is not running, 3 when a part of it died."""
     pid, info = state.supervisor_pid(), state.info()
     if pid is None or info is None:
         print("local stack: not running")
         return 1
-    print(json.dumps({"supervisor": pid, **info}, indent=2))
-    return 0
+    dead = state.dead_parts(info)
+    print(f"local stack: supervisor pid {pid}, {len(info['pids'])} parts"
+          + (f", {len(dead)} dead: run `make dev` to start them again" if dead else ""))
+    for name, part_pid in info["pids"].items():
+        state_word = "DEAD" if name in dead else "running"
+        address = info["addresses"].get(name, "")
+        log = os.path.relpath(info["logs"][name])
+        print(f"  {name:<24} {state_word:<8} pid {part_pid:<8} {address:<40} {log}")
+    return 3 if dead else 0
 
 
 def main(argv: list[str] | None = None) -> int:

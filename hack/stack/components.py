@@ -220,6 +220,7 @@ class KubeControllerManager:
     def __init__(self, pki: Pki, apiserver: KubeAPIServer, work: Path, log_dir: Path) -> None:
         self.port = free_port()
         self._pki = pki
+        self._apiserver = apiserver
         config = write_kubeconfig(work / "kube-controller-manager.kubeconfig", kubeconfig(
             apiserver.url, pki.ca, pki.pair("kube-controller-manager"),
             "system:kube-controller-manager"))
@@ -243,7 +244,8 @@ class KubeControllerManager:
             "--v=1",
         ], log_dir)
 
-    def start(self, admin: KubeAPIServer) -> None:
+    def start(self) -> None:
+        admin = self._apiserver
         self.process.start()
         poll(lambda: _https_get(f"https://127.0.0.1:{self.port}/healthz", self._pki.ca) == b"ok",
              timeout=START_TIMEOUT, what="kube-controller-manager /healthz",

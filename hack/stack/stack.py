@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -28,6 +29,11 @@ OPERATOR_NAMESPACE = "vmgroup-system"  # where the operator runs in `make dev`
 class _Part(Protocol):
     process: Process
 
+    def start(self) -> None: ...
+
+
+Progress = Callable[[str], None]  # told a line whenever a part starts or is ready
+
 
 class LocalStack:
     """etcd + kube-apiserver + kube-controller-manager and/or vcsim, under one work directory.
@@ -37,8 +43,10 @@ class LocalStack:
     """
 
     def __init__(self, work: Path, *, log_dir: Path | None = None, kube: bool = True,
-                 vcenter: bool = True, vcsim_method_delays: dict[str, int] | None = None) -> None:
+                 vcenter: bool = True, vcsim_method_delays: dict[str, int] | None = None,
+                 progress: Progress = lambda line: None) -> None:
         self.work = work
+        self.progress = progress
         self.log_dir = log_dir or work / "logs"
         self.work.mkdir(parents=True, exist_ok=True)
         self.pki = Pki.create(work / "pki")
@@ -70,23 +78,47 @@ class LocalStack:
     def pids(self) -> dict[str, int]:
         return {p.process.name: p.process.pid for p in self.parts if p.process.pid is not None}
 
+    def _starting(self, part: _Part, start: Callable[[], None]) -> None:
+        """Run `start` (which waits until `part` is ready), telling progress before and after."""
+        began = time.monotonic()
+        self.progress(f"starting {part.process.name} ...")
+        start()
+        self.progress(f"{part.process.name} ready ({time.monotonic() - began:.1f}s)")
+
     def start(self) -> LocalStack:
         """Start every part and wait until each is ready; on any failure stop what started."""
         try:
             if self.vcsim:
                 self.vcsim.process.start()  # it boots while etcd and the API server do
             if self.etcd and self.apiserver and self.controller_manager:
-                self.etcd.start()
-                self.apiserver.start()
+                self._starting(self.etcd, self.etcd.start)
+                self._starting(self.apiserver, self.apiserver.start)
                 write_kubeconfig(self.kubeconfig, kubeconfig(
                     self.apiserver.url, self.pki.ca, self.apiserver.admin_cert, "admin"))
-                self.controller_manager.start(self.apiserver)
+                self._starting(self.controller_manager, self.controller_manager.start)
             if self.vcsim:
-                self.vcsim.wait_ready()
+                self._starting(self.vcsim, self.vcsim.wait_ready)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def dead(self) -> list[str]:
+        """The names of the parts that were started and have exited since."""
+        return [p.process.name for p in self.parts
+                if p.process.pid is not None and not p.process.running()]
+
+    def restart_dead(self) -> list[str]:
+        """Start again, in order of dependency and on their own ports and data, the parts
+        that have died; return their names. (vcsim keeps its inventory in memory: a restarted
+        one has the template again, and the controller clones the groups' VMs anew.)"""
+        restarted = []
+        for part in self.parts:
+            if part.process.pid is not None and not part.process.running():
+                part.process.stop()  # reap it, and whatever of its group is left
+                self._starting(part, part.start)
+                restarted.append(part.process.name)
+        return restarted
 
     def start_webhook(self, args: Sequence[str] = (),
                       operator_namespace: str = OPERATOR_NAMESPACE) -> Webhook:
@@ -98,7 +130,7 @@ class LocalStack:
         args = [f"--namespace={operator_namespace}", f"--kubeconfig={self.kubeconfig}", *args]
         webhook = Webhook(self.pki.ca, self.pki.pair("webhook"), self.log_dir, args)
         self.webhook = webhook  # from now on stop() stops it too
-        webhook.start()
+        self._starting(webhook, webhook.start)
         webhook.register(self.kubeconfig, operator_namespace)
         return webhook
 
@@ -106,7 +138,7 @@ class LocalStack:
         """Start vmgroup-controller against this stack's API server and vcsim."""
         controller = Controller(self.kubeconfig, self.vcenter, self.log_dir, args)
         self.controller = controller  # from now on stop() stops it too
-        controller.start()
+        self._starting(controller, controller.start)
         return controller
 
     def stop(self) -> None:

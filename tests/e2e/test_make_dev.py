@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +41,16 @@ def _up_twice_use_then_down(state: Path) -> None:
     first = _stack(state, "up")
     assert first.returncode == 0, first.stderr
     assert "kubectl get vg" in first.stdout
-    pids = json.loads((state / "stack.json").read_text())["pids"]
+    # Progress while each part starts, then every address a developer needs.
+    for part in ("etcd", "kube-apiserver", "kube-controller-manager", "vcsim", "webhook",
+                 "controller"):
+        assert f"starting {part} ..." in first.stdout
+        assert f"{part} ready (" in first.stdout
+    info = json.loads((state / "stack.json").read_text())
+    pids = info["pids"]
+    for name, url in info["addresses"].items():
+        assert url in first.stdout, name
+    assert info["addresses"]["controller"].endswith("/metrics")
     supervisor = int((state / "supervisor.pid").read_text())
     assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager", "vcsim", "webhook",
                          "controller"}
@@ -76,8 +87,44 @@ def _up_twice_use_then_down(state: Path) -> None:
         "etcd.log", "kube-apiserver.log", "kube-controller-manager.log", "vcsim.log",
         "webhook.log", "controller.log"}
 
+    _a_dead_part_is_shown_and_started_again(state, pids)
+    pids = json.loads((state / "stack.json").read_text())["pids"]
+
     down = _stack(state, "down")
     assert down.returncode == 0, down.stderr
     assert all(exited(pid) for pid in [supervisor, *pids.values()])
     assert _stack(state, "status").returncode == 1
     assert "not running" in _stack(state, "down").stdout
+    # Nothing is left pointing at the stack that is gone.
+    assert not (state / "env").exists()
+    assert not (state / "kubeconfig").exists()
+
+
+def _a_dead_part_is_shown_and_started_again(state: Path, pids: dict[str, int]) -> None:
+    healthy = _stack(state, "status")
+    assert healthy.returncode == 0, healthy.stdout
+    assert healthy.stdout.count(" running ") == len(pids)
+
+    os.kill(pids["controller"], signal.SIGKILL)
+    poll(lambda: exited(pids["controller"]), timeout=10, what="the controller to die")
+    dead = _stack(state, "status")
+    assert dead.returncode == 3
+    rows = {line.split()[0]: line.split()[1:] for line in dead.stdout.splitlines()[1:]}
+    assert rows["controller"][0] == "DEAD"
+    assert rows["controller"][-1].endswith("controller.log")
+    assert {name for name, row in rows.items() if row[0] == "running"} == set(pids) - {
+        "controller"}
+
+    again = _stack(state, "up")
+    assert again.returncode == 0, again.stderr
+    assert "controller had exited: starting again" in again.stdout
+    assert "restarted controller" in again.stdout
+    restarted = json.loads((state / "stack.json").read_text())["pids"]
+    assert restarted["controller"] != pids["controller"]
+    assert {k: v for k, v in restarted.items() if k != "controller"} == {
+        k: v for k, v in pids.items() if k != "controller"}
+    assert _stack(state, "status").returncode == 0
+    # The restarted controller does its work: a scale of the example converges.
+    _in_dev_shell(state, "kubectl scale vg vg-1 --replicas=2")
+    poll(lambda: _in_dev_shell(state, "kubectl get vg vg-1 --no-headers").stdout.split()[1:4]
+         == ["RUNNING", "2", "2"], timeout=60, what="vg-1 to be RUNNING 2 2")
