@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+import vmgroup_api
 from hack.stack import CRD_PATH
 from hack.stack.reviews import patched, review, vmgroup
 from vmgroup_api import HARD_BOUNDS, longest_vm_name, vm_name
@@ -218,7 +219,24 @@ def test_hard_bounds_match_the_crd_schema() -> None:
     for field, (low, high) in HARD_BOUNDS.items():
         assert (spec["properties"][field]["minimum"],
                 spec["properties"][field]["maximum"]) == (low, high), field
-    assert spec["properties"]["template"]["maxLength"] == 80
+    assert spec["properties"]["template"]["maxLength"] == vmgroup_api.MAX_VSPHERE_NAME
+
+
+def test_the_crd_names_what_the_api_package_says() -> None:
+    """The CRD file and vmgroup_api state the same API: names, version, status shape."""
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    names = crd["spec"]["names"]
+    (version,) = crd["spec"]["versions"]
+    assert crd["metadata"]["name"] == vmgroup_api.CRD_NAME
+    assert crd["spec"]["group"] == vmgroup_api.GROUP
+    assert version["name"] == vmgroup_api.VERSION
+    assert (names["kind"], names["plural"]) == (vmgroup_api.KIND, vmgroup_api.PLURAL)
+    assert vmgroup_api.SHORT_NAME in names["shortNames"]
+    assert set(spec_fields := version["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"]) == {*vmgroup_api.DEFAULTS, "template"}, spec_fields
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert tuple(status["phase"]["enum"]) == vmgroup_api.PHASES
+    assert status["lastMessage"]["maxLength"] == vmgroup_api.MAX_MESSAGE
 
 
 @pytest.mark.parametrize("kwargs", [{"max_cpu": 0}, {"max_memory": 24577},
