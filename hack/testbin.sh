@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real binaries the local stack runs (kube-apiserver, kube-controller-manager, kubectl,
-# etcd, vcsim, govc, helm, and the benchmarks' load generator fortio) from the Go modules pinned under hack/tools/, into a cache outside
+# the node's kubelet, kube-scheduler and kube-proxy, etcd, vcsim, govc, helm, and the benchmarks'
+# load generator fortio) from the Go modules pinned under hack/tools/, into a cache outside
 # the repository. The bin directory is named after a hash of every pin and build flag, so a
 # changed pin builds a new set (Go's own build cache makes unchanged parts quick) and an
 # unchanged set is never rebuilt.
@@ -56,8 +57,9 @@ if [[ "${1:-}" == "dir" ]]; then
   exit 0
 fi
 
-build() { # set ldflags "binaries..." package...
-  local set=$1 ldflags=$2 bins=$3 bin missing=""
+build() { # set ldflags "binaries..." package... (a set builds in hack/tools/<module>)
+  local set=$1 ldflags=$2 bins=$3 bin missing="" module=${1%%:*}
+  set=${set#*:}
   shift 3
   for bin in $bins; do
     [[ -x "$bindir/$bin" ]] || missing=1
@@ -69,7 +71,7 @@ build() { # set ldflags "binaries..." package...
   # A large set (Kubernetes) builds for minutes without a word: say that it still does.
   (while sleep 30; do echo "testbin: still building $bins ($((SECONDS - start))s)" >&2; done) &
   ticker=$!
-  (cd "$tools/$set" && CGO_ENABLED=0 GOFLAGS=-mod=readonly \
+  (cd "$tools/$module" && CGO_ENABLED=0 GOFLAGS=-mod=readonly \
     go build -trimpath -ldflags "$ldflags" -o "$partial/" "$@") || rc=$?
   kill "$ticker" 2>/dev/null || true
   wait "$ticker" 2>/dev/null || true
@@ -93,8 +95,12 @@ build vcsim "-s -w" vcsim .
 build govc "$govc_ldflags" govc github.com/vmware/govmomi/govc
 build helm "$helm_ldflags" helm helm.sh/helm/v4/cmd/helm
 build fortio "-s -w" fortio fortio.org/fortio
+build pause "-s -w" pause .
 build kubernetes "$k8s_ldflags" "kube-apiserver kube-controller-manager kubectl" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
+# The node: a set of its own, so that adding it did not relink the control plane's.
+build kubernetes:node "$k8s_ldflags" "kubelet kube-scheduler kube-proxy" \
+  k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy
 
 # cert-manager's CRDs, so the chart's cert-manager mode is checked against the real API shape.
 crds="$bindir/../crds/cert-manager"

@@ -120,7 +120,16 @@ def gunicorn_options(settings: ServerSettings) -> dict[str, Any]:
         "loglevel": settings.log_level,
         "logconfig_dict": logs.dict_config(settings.log_level),
         "proc_name": "vmgroup-webhook",
+        # gunicorn 25+ opens a control socket under $HOME (`/` in a Pod: read-only, an error
+        # line at every start; a developer's home in the local stack). Nothing here uses it.
+        **({"control_socket_disable": True} if _has_setting("control_socket_disable") else {}),
     }
+
+
+def _has_setting(name: str) -> bool:
+    from gunicorn.config import KNOWN_SETTINGS  # noqa: PLC0415 - gunicorn's own registry
+
+    return any(setting.name == name for setting in KNOWN_SETTINGS)
 
 
 class WebhookServer(BaseApplication):  # type: ignore[misc]

@@ -77,6 +77,16 @@ def test_gunicorn_keeps_connections_and_shuts_down_gracefully() -> None:
     assert callable(options["child_exit"])
 
 
+def test_gunicorn_opens_no_control_socket() -> None:
+    """gunicorn 25+ would make one under $HOME: read-only `/` in a Pod (an error per start)."""
+    from gunicorn.config import Config  # noqa: PLC0415
+
+    config = Config()
+    for key, value in gunicorn_options(ServerSettings(cert_file="c", key_file="k")).items():
+        config.set(key, value)
+    assert config.control_socket_disable is True  # (constraints.txt pins a gunicorn with one)
+
+
 def _pair(tmp_path: Path, authority: CertificateAuthority) -> tuple[str, str]:
     crt, key = authority.serving("webhook").write(tmp_path, "tls")
     return str(crt), str(key)

@@ -1,0 +1,3 @@
+module vmgroup-operator/hack/tools/pause
+
+go 1.26
