@@ -11,6 +11,9 @@ VENV_STAMP := $(VENV)/.installed
 # hack/testbin.sh caches the real binaries outside the repo (VMGROUP_TESTBIN_CACHE moves the
 # cache); the stack asks it where they are, so targets that need no binary need no Go either.
 PYTEST_ARGS ?=
+# `make dev` runs the operator in Pods on a real node, from its image and chart (node); `host`
+# runs it as processes of this machine instead, quicker to iterate on the code.
+DEV_MODE ?= node
 
 .PHONY: help
 help: ## list the targets
@@ -26,12 +29,20 @@ $(VENV_STAMP): pyproject.toml constraints.txt
 venv: $(VENV_STAMP) ## create .venv with the project and its dev tools
 
 .PHONY: testbin
-testbin: ## build kube-apiserver, kube-controller-manager, kubectl, etcd, vcsim, govc, helm (cached)
+testbin: ## build the Kubernetes binaries (control plane, node, kubectl), etcd, vcsim, govc, helm (cached)
 	@hack/testbin.sh >/dev/null
 
+.PHONY: debs
+debs: ## unpack Debian's containerd, runc, CNI plugins, iptables, mmdebstrap into the cache
+	@hack/debs.sh >/dev/null
+
+.PHONY: image
+image: venv debs ## build the OCI image without Docker (cached); a running `make dev` node gets it
+	@$(PY) -m hack.stack image
+
 .PHONY: dev
-dev: venv testbin ## start the local stack in the background, install the CRD, apply the example
-	$(PY) -m hack.stack up
+dev: venv testbin debs ## start the local stack with a node, install the operator with its chart, apply the example
+	$(PY) -m hack.stack up --mode $(DEV_MODE)
 
 .PHONY: dev-down
 dev-down: ## stop everything `make dev` started
@@ -48,7 +59,7 @@ lint: venv ## ruff, mypy, and the import contracts of the layout (lint-imports)
 	$(VENV)/bin/lint-imports --no-cache
 
 .PHONY: test
-test: venv testbin lint ## the whole suite: lint, unit, integration (vcsim), end-to-end (API server)
+test: venv testbin debs image lint ## the whole suite: lint, unit, integration, end-to-end (API server, real Pods), chart
 	$(VENV)/bin/pytest --junitxml=.reports/junit.xml $(PYTEST_ARGS)
 
 .PHONY: unit

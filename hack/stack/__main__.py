@@ -1,6 +1,7 @@
 """`make dev` / `make dev-down`: run the local stack in the background for a developer.
 
-    python -m hack.stack up     [--state .dev]  start (or find running, and restart what died)
+    python -m hack.stack up     [--state .dev] [--mode node|host]
+                                                start (or find running, and restart what died)
     python -m hack.stack down   [--state .dev]  stop everything `up` started
     python -m hack.stack status [--state .dev]  every part: running or dead, pid, address, log
 
@@ -8,6 +9,10 @@
 with it (PR_SET_PDEATHSIG), so `down` only has to stop the supervisor, and a crashed supervisor
 leaves nothing behind either. The supervisor notices a part that exits (status shows it); `up`
 asks it (SIGUSR1) to start the dead parts again, on their own ports and data.
+
+Modes: `node` (the default) runs a real node and installs the operator from its own image
+(`make image`) with its own chart, as users run it; `host` runs the webhook and the controller
+as processes of this machine, registered by URL: quicker to iterate on the code.
 """
 
 from __future__ import annotations
@@ -23,11 +28,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .components import CRD_PATH, REPO, bin_dir, kubectl
+from hack.image.oci import full_name
+
+from .components import CRD_PATH, REPO, bin_dir, debs_root, kubectl
+from .node import unmount_under
+from .operator import RELEASE, Operator, build_image
 from .process import StackError, exited, poll, write_private
 from .stack import OPERATOR_NAMESPACE, LocalStack
 
@@ -92,27 +102,37 @@ def _progress(line: str) -> None:
     print(f"{PROGRESS}{line}", flush=True)
 
 
-def _addresses(stack: LocalStack) -> dict[str, str]:
+def _addresses(stack: LocalStack, operator: Operator | None = None) -> dict[str, str]:
     """Every address a developer may need, by part."""
     found = {"kube-apiserver": stack.apiserver.url if stack.apiserver else None,
              "vcsim": stack.vcenter.url,
              "webhook": stack.webhook.url if stack.webhook else None,
              "controller": f"{stack.controller.url}/metrics" if stack.controller else None}
+    if operator is not None:  # in the cluster: Pods, reached on the bridge
+        found["webhook"] = (f"https://{operator.fullname}-webhook.{operator.namespace}.svc "
+                            "(Service, in the cluster)")
+        found["controller"] = " ".join(f"http://{ip}:8080/metrics" for ip in operator.kubectl(
+            "-n", operator.namespace, "get", "pods", "-l",
+            "app.kubernetes.io/component=controller", "-o",
+            "jsonpath={.items[*].status.podIP}").stdout.split())
     return {name: url for name, url in found.items() if url}
 
 
-def _publish(state: State, stack: LocalStack, restarts: int, error: str | None = None) -> None:
-    info = {"addresses": _addresses(stack), "pids": stack.pids(),
-            "logs": {p.process.name: str(p.process.log_path) for p in stack.parts},
+def _publish(state: State, stack: LocalStack, restarts: int, error: str | None = None,
+             operator: Operator | None = None) -> None:
+    info = {"mode": "node" if stack.node else "host",
+            "addresses": _addresses(stack, operator), "pids": stack.pids(),
+            "logs": {p.name: str(p.log_path) for p in stack.processes()},
             "restarts": restarts, "error": error}
     partial = state.info_file.with_suffix(".partial")
     partial.write_text(json.dumps(info, indent=2))
     partial.replace(state.info_file)  # readers never see half a file
 
 
-def serve(state: State) -> int:
+def serve(state: State, image: Path | None = None, image_ref: str | None = None) -> int:
     """The supervisor: start the stack, publish how to reach it, watch over its parts (SIGUSR1:
-    start the dead ones again), run until SIGTERM/SIGINT."""
+    start the dead ones again), run until SIGTERM/SIGINT. With `image`, the stack has a node and
+    the operator runs from that image, installed with its chart."""
     stop, restart, wake = threading.Event(), threading.Event(), threading.Event()
 
     def on_signal(flag: threading.Event) -> Callable[..., None]:
@@ -124,19 +144,29 @@ def serve(state: State) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal(stop))
     signal.signal(signal.SIGUSR1, on_signal(restart))
+    unmount_under(state.work)  # a stack killed outright may have left its node's mounts
     shutil.rmtree(state.work, ignore_errors=True)
-    stack = LocalStack(state.work, log_dir=state.logs, progress=_progress)
+    stack = LocalStack(state.work, log_dir=state.logs, progress=_progress,
+                       node=image is not None, images=[image] if image else [])
+    operator = None
     try:
         stack.start()
-        _progress("installing the VmGroup CRD and the operator namespace ...")
-        _install_api(stack.kubeconfig)  # the controller lists VmGroups as soon as it starts
-        stack.start_webhook()
-        stack.start_controller()
+        if image is not None and image_ref:
+            operator = Operator(stack.kubeconfig, state.work / "home", OPERATOR_NAMESPACE)
+            _progress(f"helm install {operator.release} charts/vmgroup-operator ({image_ref}) ...")
+            began = time.monotonic()
+            operator.install(stack.vcenter, image_ref)
+            _progress(f"operator ready ({time.monotonic() - began:.1f}s)")
+        else:
+            _progress("installing the VmGroup CRD and the operator namespace ...")
+            _install_api(stack.kubeconfig)  # the controller lists VmGroups as soon as it starts
+            stack.start_webhook()
+            stack.start_controller()
         write_private(state.kubeconfig, stack.kubeconfig.read_bytes())
         write_private(state.env_file, _env_file(state, stack))
-        _publish(state, stack, restarts=0)
-        print(f"stack ready: {json.dumps(_addresses(stack))}", flush=True)
-        _watch_over(state, stack, stop, restart, wake)
+        _publish(state, stack, restarts=0, operator=operator)
+        print(f"stack ready: {json.dumps(_addresses(stack, operator))}", flush=True)
+        _watch_over(state, stack, stop, restart, wake, operator=operator)
     finally:
         print("stopping the stack", flush=True)
         stack.stop()
@@ -146,7 +176,8 @@ def serve(state: State) -> int:
 
 
 def _watch_over(state: State, stack: LocalStack, stop: threading.Event,
-                restart: threading.Event, wake: threading.Event) -> None:
+                restart: threading.Event, wake: threading.Event, *,
+                operator: Operator | None) -> None:
     """Log each part that dies, once; on a restart request start the dead ones again."""
     reported: set[str] = set()
     restarts = 0
@@ -166,7 +197,7 @@ def _watch_over(state: State, stack: LocalStack, stop: threading.Event,
                 print(error, flush=True)
             restarts += 1
             reported.clear()
-            _publish(state, stack, restarts, error)
+            _publish(state, stack, restarts, error, operator)
         for name in set(stack.dead()) - reported:
             print(f"{name} has exited; `make dev` starts it again", flush=True)
             reported.add(name)
@@ -198,21 +229,37 @@ def _exclusive(state: State) -> Iterator[None]:
         yield
 
 
-def up(state: State) -> int:
+def up(state: State, mode: str = "node") -> int:
     with _exclusive(state):
-        _ensure_supervisor(state)
+        _ensure_supervisor(state, mode)
         _set_up_cluster(state)
-    addresses = (state.info() or {}).get("addresses", {})
-    print(f"""
-  API server : {addresses.get('kube-apiserver')}
-  vCenter    : {addresses.get('vcsim')} (vcsim, template vm-operator-template)
-  webhook    : {addresses.get('webhook')} (vmgroup-webhook, registered by URL)
+    info = state.info() or {}
+    addresses = info.get("addresses", {})
+    env = os.path.relpath(state.env_file)
+    if info.get("mode") == "node":
+        parts = f"""  webhook    : {addresses.get('webhook')}
+  controller : {addresses.get('controller')} (leader and standby Pods)
+  operator   : helm release {RELEASE} in {OPERATOR_NAMESPACE}, from its image on the node
+  logs       : {os.path.relpath(state.logs)}/ (the node's parts), kubectl logs (the operator's)
+
+Next:
+  source {env} && kubectl get vg
+  kubectl -n {OPERATOR_NAMESPACE} get pods -o wide
+  kubectl -n {OPERATOR_NAMESPACE} logs -l app.kubernetes.io/component=controller
+  helm -n {OPERATOR_NAMESPACE} upgrade {RELEASE} charts/vmgroup-operator --reuse-values --set ...
+  govc find / -type m -name vm-operator-template"""
+    else:
+        parts = f"""  webhook    : {addresses.get('webhook')} (vmgroup-webhook, registered by URL)
   controller : {addresses.get('controller')} (vmgroup-controller: /metrics, /healthz, /readyz)
   logs       : {os.path.relpath(state.logs)}/
 
 Next:
-  source {os.path.relpath(state.env_file)} && kubectl get vg
-  govc find / -type m -name vm-operator-template
+  source {env} && kubectl get vg
+  govc find / -type m -name vm-operator-template"""
+    print(f"""
+  API server : {addresses.get('kube-apiserver')}
+  vCenter    : {addresses.get('vcsim')} (vcsim, template vm-operator-template)
+{parts}
   make dev-status  # every part: running or dead
   make dev-down    # stops everything
 """)
@@ -240,20 +287,28 @@ class _Follower:
                 print(f"  {line.removeprefix(PROGRESS)}", flush=True)
 
 
-def _ensure_supervisor(state: State) -> None:
+def _ensure_supervisor(state: State, mode: str) -> None:
     pid = state.supervisor_pid()
     if pid is not None:
         info = poll(state.info, timeout=UP_TIMEOUT, what="the running local stack")
-        print(f"local stack already running (supervisor pid {pid})")
+        print(f"local stack already running (supervisor pid {pid}, {info.get('mode')} mode)")
+        if info.get("mode") != mode:
+            print(f"  (not switched to {mode} mode: `make dev-down` first)")
         if dead := state.dead_parts(info):
             _restart(state, pid, info, dead)
         return
+    serve_args = []
+    if mode == "node":
+        print("  building the image (make image) ...", flush=True)
+        archive, ref = build_image()
+        serve_args = ["--image", str(archive), "--image-ref", ref]
     state.logs.mkdir(parents=True, exist_ok=True)
     state.info_file.unlink(missing_ok=True)
     follow = _Follower(state.logs / "supervisor.log")
     with (state.logs / "supervisor.log").open("ab") as log:
         supervisor = subprocess.Popen(
-            [sys.executable, "-m", "hack.stack", "serve", "--state", str(state.root)],
+            [sys.executable, "-m", "hack.stack", "serve", "--state", str(state.root),
+             *serve_args],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)  # outlives `make dev`, immune to its terminal's Ctrl-C
     state.pid_file.write_text(str(supervisor.pid))
@@ -318,6 +373,34 @@ def down(state: State) -> int:
     return 0
 
 
+def image(state: State) -> int:
+    """`make image`: build (cached), and when the stack runs a node, import the image into it
+    and restart the operator's Deployments if it changed."""
+    archive, ref = build_image()
+    print(f"image {ref}: {archive}")
+    info = state.info()
+    if state.supervisor_pid() is None or not info or info.get("mode") != "node":
+        return 0
+    socket = state.work / "node" / "containerd" / "containerd.sock"
+    ctr = [str(debs_root() / "usr/bin/ctr"), f"--address={socket}", "-n", "k8s.io", "images"]
+
+    def target() -> str:  # the digest the node knows the image's name by
+        return subprocess.run([*ctr, "ls", f"name=={full_name(ref)}"], capture_output=True,
+                              text=True, check=True).stdout
+
+    before = target()
+    subprocess.run([*ctr, "import", str(archive)], check=True, capture_output=True)
+    if target() == before:
+        print("the running node has this image already")
+        return 0
+    operator = Operator(state.kubeconfig, state.work / "home", OPERATOR_NAMESPACE)
+    for component in ("webhook", "controller"):
+        operator.kubectl("-n", OPERATOR_NAMESPACE, "rollout", "restart",
+                         f"deployment/{operator.fullname}-{component}")
+    print("imported into the running node; the operator's Pods roll to it")
+    return 0
+
+
 def status(state: State) -> int:
     """One line per part; exit 1 when the stack is not running, 3 when a part of it died."""
     pid, info = state.supervisor_pid(), state.info()
@@ -338,14 +421,23 @@ def status(state: State) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hack.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "status", "serve"])
+    parser.add_argument("command", choices=["up", "down", "status", "image", "serve"])
     parser.add_argument("--state", type=Path, default=REPO / ".dev",
                         help="state directory (default: .dev/)")
+    parser.add_argument("--mode", choices=["node", "host"],
+                        default=os.environ.get("VMGROUP_DEV_MODE", "node"),
+                        help="up: the operator in Pods from its image and chart (node, the "
+                             "default), or as processes of this machine (host)")
+    parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)  # serve: up's image
+    parser.add_argument("--image-ref", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     state = State(args.state)
-    command = {"up": up, "down": down, "status": status, "serve": serve}[args.command]
+    commands: dict[str, Callable[[], int]] = {
+        "up": lambda: up(state, args.mode), "down": lambda: down(state),
+        "status": lambda: status(state), "image": lambda: image(state),
+        "serve": lambda: serve(state, args.image, args.image_ref)}
     try:
-        return command(state)
+        return commands[args.command]()
     except (StackError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", None) or ""
         print(f"error: {exc}\n{detail}", file=sys.stderr)

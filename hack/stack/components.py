@@ -27,6 +27,7 @@ from pyVmomi import vim
 from webhook import registration
 
 from . import vsphere
+from .node import NODE_NAME, SERVICE_RANGE
 from .pki import CertificateAuthority, signing_key_pem
 from .process import Process, StackError, poll, write_private
 from .vsphere import VCenterInfo
@@ -46,6 +47,14 @@ def bin_dir() -> Path:
     out = subprocess.run(
         [str(REPO / "hack" / "testbin.sh"), "dir"], check=True, capture_output=True, text=True
     )
+    return Path(out.stdout.strip())
+
+
+@functools.cache
+def debs_root() -> Path:
+    """Where hack/debs.sh unpacked Debian's node packages (fetched now if they are missing)."""
+    out = subprocess.run([str(REPO / "hack" / "debs.sh")], check=True, capture_output=True,
+                         text=True)
     return Path(out.stdout.strip())
 
 
@@ -69,7 +78,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _https_get(url: str, ca: Path, cert: tuple[Path, Path] | None = None) -> bytes:
+def https_get(url: str, ca: Path, cert: tuple[Path, Path] | None = None) -> bytes:
     ctx = ssl.create_default_context(cafile=str(ca))
     if cert:
         ctx.load_cert_chain(str(cert[0]), str(cert[1]))
@@ -96,13 +105,34 @@ class Pki:
         return self.dir / "service-account.pub"
 
     @classmethod
-    def create(cls, directory: Path) -> Pki:
+    def create(cls, directory: Path, *, node: str | None = None) -> Pki:
+        """The stack's certificates; with `node` (the bridge address), also those of a node,
+        and the API server's and vcsim's valid on the bridge, where Pods reach them."""
         directory.mkdir(parents=True, exist_ok=True)
         authority = CertificateAuthority()
         ca = directory / "ca.crt"
         ca.write_bytes(authority.cert_pem)
-        for name in ("etcd", "kube-apiserver", "kcm-serving", "vcsim", "webhook"):
+        for name in ("etcd", "kcm-serving", "webhook", "kube-scheduler-serving"):
             authority.serving(name).write(directory, name)
+        on_bridge = (node,) if node else ()
+        # Pods know the API server as the `kubernetes` Service (its first address).
+        authority.issue("kube-apiserver", server=True, dns_names=(
+            "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local"),
+            ip_addresses=("127.0.0.1", *on_bridge, str(SERVICE_RANGE[1]))).write(
+            directory, "kube-apiserver")
+        authority.issue("vcsim", server=True, dns_names=("localhost",),
+                        ip_addresses=("127.0.0.1", *on_bridge)).write(directory, "vcsim")
+        if node:
+            authority.issue("kubelet", server=True, dns_names=(NODE_NAME,),
+                            ip_addresses=(node,)).write(directory, "kubelet-serving")
+            # the API server's client certificate towards the kubelet: kubectl logs and exec
+            authority.issue("kube-apiserver-kubelet-client", organizations=("system:masters",),
+                            client=True).write(directory, "apiserver-kubelet-client")
+            for name, user, groups in (("kubelet", f"system:node:{NODE_NAME}", ("system:nodes",)),
+                                       ("kube-scheduler", "system:kube-scheduler", ()),
+                                       ("kube-proxy", "system:kube-proxy", ())):
+                authority.issue(user, organizations=groups, client=True).write(directory, name)
         authority.issue("kube-apiserver-etcd-client", client=True).write(
             directory, "etcd-client")
         # The admin user is in system:masters; kube-controller-manager has its bootstrap RBAC user.
@@ -166,26 +196,39 @@ class Etcd:
 
     def start(self) -> None:
         self.process.start()
-        poll(lambda: b'"health":"true"' in _https_get(
+        poll(lambda: b'"health":"true"' in https_get(
                 f"{self.url}/health", self._pki.ca, self._pki.pair("etcd-client")),
              timeout=START_TIMEOUT, what="etcd /health", alive=self.process.check_alive)
 
 
 class KubeAPIServer:
-    def __init__(self, pki: Pki, etcd: Etcd, work: Path, log_dir: Path) -> None:
+    def __init__(self, pki: Pki, etcd: Etcd, work: Path, log_dir: Path, *,
+                 node: str | None = None) -> None:
         self.port = free_port()
-        self.url = f"https://127.0.0.1:{self.port}"
+        address = node or "127.0.0.1"
+        self.url = f"https://{address}:{self.port}"
         self._pki = pki
         crt, key = pki.pair("kube-apiserver")
         etcd_crt, etcd_key = pki.pair("etcd-client")
+        if node:
+            # On the bridge, published as the `kubernetes` Service's endpoint (Pods reach it
+            # there), with a client certificate for the kubelet's logs and exec.
+            kubelet_crt, kubelet_key = pki.pair("apiserver-kubelet-client")
+            serving = ["--endpoint-reconciler-type=lease",
+                       f"--kubelet-client-certificate={kubelet_crt}",
+                       f"--kubelet-client-key={kubelet_key}",
+                       f"--kubelet-certificate-authority={pki.ca}",
+                       "--kubelet-preferred-address-types=InternalIP"]
+        else:
+            # 127.0.0.1 may not be an Endpoints address: the API server must not publish itself.
+            serving = ["--endpoint-reconciler-type=none"]
         self.process = Process("kube-apiserver", [
             binary("kube-apiserver"),
             f"--etcd-servers={etcd.url}",
             f"--etcd-cafile={pki.ca}", f"--etcd-certfile={etcd_crt}", f"--etcd-keyfile={etcd_key}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.port}",
-            "--advertise-address=127.0.0.1",
-            # 127.0.0.1 may not be an Endpoints address, so the apiserver must not publish itself.
-            "--endpoint-reconciler-type=none",
+            f"--bind-address={address}", f"--secure-port={self.port}",
+            f"--advertise-address={address}",
+            *serving,
             f"--tls-cert-file={crt}", f"--tls-private-key-file={key}",
             f"--client-ca-file={pki.ca}",
             f"--cert-dir={work / 'apiserver-certs'}",
@@ -195,11 +238,13 @@ class KubeAPIServer:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-cluster-ip-range={SERVICE_RANGE}",
             "--allow-privileged=false",
             "--profiling=false",
             "--v=1",
-        ], log_dir)
+        ], log_dir, grace=3.0 if node else 15.0)
+        # (With a node, its endpoint reconciler's shutdown never ends: the stack's data is
+        # thrown away, so it gets a short grace before SIGKILL.)
 
     @property
     def admin_cert(self) -> tuple[Path, Path]:
@@ -207,7 +252,7 @@ class KubeAPIServer:
 
     def start(self) -> None:
         self.process.start()
-        poll(lambda: _https_get(f"{self.url}/readyz", self._pki.ca, self.admin_cert) == b"ok",
+        poll(lambda: https_get(f"{self.url}/readyz", self._pki.ca, self.admin_cert) == b"ok",
              timeout=START_TIMEOUT, what="kube-apiserver /readyz", alive=self.process.check_alive)
 
     def restart(self) -> None:
@@ -217,7 +262,8 @@ class KubeAPIServer:
 
 
 class KubeControllerManager:
-    def __init__(self, pki: Pki, apiserver: KubeAPIServer, work: Path, log_dir: Path) -> None:
+    def __init__(self, pki: Pki, apiserver: KubeAPIServer, work: Path, log_dir: Path, *,
+                 node: bool = False) -> None:
         self.port = free_port()
         self._pki = pki
         self._apiserver = apiserver
@@ -237,9 +283,11 @@ class KubeControllerManager:
             f"--service-account-private-key-file={pki.sa_key}",
             f"--root-ca-file={pki.ca}",
             "--leader-elect=false",
-            # No nodes and no cloud: the node lifecycle and cloud controllers would only log noise.
-            "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,"
-            "-persistentvolume-binder,-attachdetach,-service-lb-controller,-node-route-controller",
+            # No cloud, no volumes; without a node, node lifecycle would only log noise (with
+            # one, it lifts the not-ready taint that keeps Pods Pending).
+            "--controllers=*,-nodeipam,-cloud-node-lifecycle,-persistentvolume-binder,"
+            "-attachdetach,-service-lb-controller,-node-route-controller"
+            + ("" if node else ",-nodelifecycle"),
             "--profiling=false",
             "--v=1",
         ], log_dir)
@@ -247,11 +295,11 @@ class KubeControllerManager:
     def start(self) -> None:
         admin = self._apiserver
         self.process.start()
-        poll(lambda: _https_get(f"https://127.0.0.1:{self.port}/healthz", self._pki.ca) == b"ok",
+        poll(lambda: https_get(f"https://127.0.0.1:{self.port}/healthz", self._pki.ca) == b"ok",
              timeout=START_TIMEOUT, what="kube-controller-manager /healthz",
              alive=self.process.check_alive)
         # Really ready: its controllers work (the default ServiceAccount, which Pods need).
-        poll(lambda: _https_get(
+        poll(lambda: https_get(
                 f"{admin.url}/api/v1/namespaces/default/serviceaccounts/default",
                 self._pki.ca, admin.admin_cert),
              timeout=START_TIMEOUT, what="the default ServiceAccount",
@@ -264,16 +312,16 @@ class VCSim:
     USERNAME = "vmgroup-operator"
 
     def __init__(self, pki: Pki, log_dir: Path, *, method_delays: dict[str, int] | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, host: str = "127.0.0.1") -> None:
         self.port = free_port()
         crt, key = pki.pair("vcsim")
         self.info = VCenterInfo(
-            host="127.0.0.1", port=self.port, username=self.USERNAME,
+            host=host, port=self.port, username=self.USERNAME,
             password=password or base64.urlsafe_b64encode(os.urandom(12)).decode(),
             ca_file=pki.ca)
         argv = [
             binary("vcsim"),
-            f"-l=127.0.0.1:{self.port}",
+            f"-l={host}:{self.port}",
             f"-tlscert={crt}", f"-tlskey={key}",
             f"-username={self.info.username}",
             # One DC, one cluster of two hosts, no standalone host, no stock VMs: a small
@@ -283,7 +331,10 @@ class VCSim:
         if method_delays:
             argv.append("-method-delay=" + ",".join(f"{m}:{ms}" for m, ms in method_delays.items()))
         # The password travels in the environment, not in argv, which any local user can read.
-        self.process = Process("vcsim", argv, log_dir, env={"VCSIM_PASSWORD": self.info.password})
+        # A graceful vcsim waits for every open long poll (the controllers' change feeds) to
+        # end; its inventory is thrown away anyway: a short grace, then SIGKILL.
+        self.process = Process("vcsim", argv, log_dir, env={"VCSIM_PASSWORD": self.info.password},
+                               grace=3.0)
 
     def start(self) -> None:
         self.process.start()
@@ -317,7 +368,7 @@ class Webhook:
 
     def start(self) -> None:
         self.process.start()
-        poll(lambda: _https_get(f"{self.url}/readyz", self.ca) == b"ok",
+        poll(lambda: https_get(f"{self.url}/readyz", self.ca) == b"ok",
              timeout=START_TIMEOUT, what="vmgroup-webhook /readyz", alive=self.process.check_alive)
 
     def register(self, kubeconfig: Path, operator_namespace: str) -> None:

@@ -91,8 +91,9 @@ class Process:
     """One long-running binary with its log file."""
 
     def __init__(self, name: str, argv: Sequence[str], log_dir: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, *, grace: float = 15.0) -> None:
         self.name = name
+        self.grace = grace  # SIGTERM, then this long before SIGKILL
         self.argv = list(argv)
         self.log_path = log_dir / f"{name}.log"
         self._env = env
@@ -148,9 +149,10 @@ class Process:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._popen.pid, sig)
 
-    def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM to the process and its children, SIGKILL after `grace` seconds; always
-        reaps the child and leaves nothing of its process group behind."""
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM to the process and its children, SIGKILL after `grace` seconds (default: the
+        process's own); always reaps the child and leaves nothing of its group behind."""
+        grace = self.grace if grace is None else grace
         if self._popen is None:
             return
         if self._popen.poll() is None:
