@@ -370,8 +370,22 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
     def import_image(self, archive: Path) -> None:
         self.ctr("images", "import", str(archive))
 
+    def _check_binaries(self) -> None:
+        """Fail before touching anything when a part of the node is missing."""
+        root = self.runtime.root
+        needed = {"containerd": root / "usr/bin/containerd", "runc": root / "usr/sbin/runc",
+                  "ctr": root / "usr/bin/ctr", "CNI bridge plugin": root / "usr/lib/cni/bridge",
+                  "iptables": root / "usr/sbin/xtables-nft-multi"}
+        for name in ("kubelet", "kube-scheduler", "kube-proxy", "pause"):
+            needed[name] = self.bin_dir / name
+        for name, path in needed.items():
+            if not os.access(path, os.X_OK):
+                fix = "make debs" if path.is_relative_to(root) else "make testbin"
+                raise StackError(f"node: {name} is missing ({path}): run `{fix}`")
+
     def prepare(self) -> None:
         """The machine's lock and the bridge, before the API server and vcsim listen on it."""
+        self._check_binaries()
         self._lock.acquire()
         self._active = True
         try:

@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
 
 
 def _stack(state: Path, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hack.stack", command, "--state", str(state)],
+    return subprocess.run([sys.executable, "-m", "hack.stack", command, "--state", str(state),
+                           "--mode", "host"],
                           cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
 
 
