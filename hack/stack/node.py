@@ -166,7 +166,6 @@ class Node:
     runtime: Runtime
     bin_dir: Path
     ca: Path
-    apiserver_url: str
     kubeconfigs: dict[str, Path]  # kubelet, kube-scheduler, kube-proxy
     kubelet_serving: tuple[Path, Path]
     scheduler_serving: tuple[Path, Path]

@@ -86,7 +86,7 @@ class LocalStack:
             configs[user] = write_kubeconfig(self.work / f"{user}.kubeconfig", kubeconfig(
                 apiserver.url, self.pki.ca, self.pki.pair(user), user))
         return Node(work=self.work, log_dir=self.log_dir, runtime=Runtime(debs_root()),
-                    bin_dir=bin_dir(), ca=self.pki.ca, apiserver_url=apiserver.url,
+                    bin_dir=bin_dir(), ca=self.pki.ca,
                     kubeconfigs=configs, kubelet_serving=self.pki.pair("kubelet-serving"),
                     scheduler_serving=self.pki.pair("kube-scheduler-serving"),
                     free_port=free_port, images=list(images), progress=self.progress)
