@@ -137,8 +137,29 @@ def merge(pod_spec: Mapping[str, Any], initializer: Initializer,
              initializer.init_containers_first),
             ("volumes", initializer.volumes, "volume", False)):
         if items:
+            _no_clash_across_kinds(spec, key, items, what, name)
             spec[key] = _named(list(spec.get(key) or []), items, what, name, first=first)
     return spec
+
+
+_OTHER_KIND = {"containers": ("initContainers", "an init container"),
+               "initContainers": ("containers", "a container")}
+
+
+def _no_clash_across_kinds(spec: Mapping[str, Any], key: str,
+                           items: Sequence[Mapping[str, Any]], what: str, source: str) -> None:
+    """Containers and init containers share one namespace of names: the API server refuses a
+    Pod with a container and an init container of one name, so the clash is refused here,
+    with a message that says which initializer caused it."""
+    if key not in _OTHER_KIND:
+        return
+    other_key, other_what = _OTHER_KIND[key]
+    taken = {c.get("name") for c in spec.get(other_key) or [] if isinstance(c, dict)}
+    for item in items:
+        if item["name"] in taken:
+            raise InjectionConflict(
+                f"initializer {source!r} adds {what} {item['name']!r}, but the workload "
+                f"already has {other_what} of that name")
 
 
 def inject(annotations: Mapping[str, Any] | None, pod_spec: Mapping[str, Any],

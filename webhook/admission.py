@@ -96,7 +96,7 @@ def parse_review(body: bytes | str) -> AdmissionRequest:
         raise BadReview("AdmissionReview has no request object")
     uid = _str(request.get("uid"), "request.uid", required=True)
     operation = request.get("operation")
-    if operation not in OPERATIONS:
+    if not isinstance(operation, str) or operation not in OPERATIONS:  # (a list is unhashable)
         raise BadReview(f"request.operation must be one of {sorted(OPERATIONS)}, "
                         f"got {_short(operation)}")
     gvk = _obj(request.get("kind"), "request.kind") or {}

@@ -36,12 +36,31 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _list_problem(value: Any, where: str, key: str) -> str | None:
+    """Why `value` is not a list of objects whose `key` (when present) is a string."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        return f"{where} must be a list of objects"
+    for i, item in enumerate(value):
+        if key in item and not isinstance(item[key], str):
+            return f"{where}[{i}].{key} must be a string"
+    return None
+
+
 def _shape_problem(spec: dict[str, Any], where: str) -> str | None:
+    """What of the pod spec injection reads is not of the type the API defines: a clean
+    refusal naming the path, where a merge would otherwise fail half-way."""
     for key in POD_LISTS:
-        value = spec.get(key)
-        if value is not None and (not isinstance(value, list)
-                                  or not all(isinstance(v, dict) for v in value)):
-            return f"{where}.{key} must be a list of objects"
+        if problem := _list_problem(spec.get(key), f"{where}.{key}", "name"):
+            return problem
+    for key in ("containers", "initContainers"):
+        for i, container in enumerate(spec.get(key) or []):
+            at = f"{where}.{key}[{i}]"
+            if problem := (_list_problem(container.get("env"), f"{at}.env", "name")
+                           or _list_problem(container.get("volumeMounts"),
+                                            f"{at}.volumeMounts", "mountPath")):
+                return problem
     return None
 
 
