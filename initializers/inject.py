@@ -2,8 +2,13 @@
 
 Merge rules: containers and volumes are appended; init containers go first or last as the
 initializer says; volume mounts and env are added to each of the workload's own containers.
-Something the workload already has under the same name is fine when identical (a re-applied
-manifest) and a conflict otherwise: InjectionConflict, with a message naming both sides.
+Something the workload already has under the same name is fine when it holds all the
+initializer gives (a re-applied manifest; what the API server defaulted in since does not
+count) and a conflict otherwise: InjectionConflict, with a message naming both sides.
+
+`reconcile` is the lifecycle (initializers.record): inject what is asked for and not there;
+on a workload's update, strip what an initializer added when it is no longer asked for, when
+its ConfigMap is gone, or before injecting its new version.
 """
 
 from __future__ import annotations
@@ -13,12 +18,25 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .record import (
+    RECORD_ANNOTATION,
+    VERSION_LABEL_PREFIX,
+    Added,
+    added_between,
+    dump_record,
+    legacy_additions,
+    parse_record,
+    strip,
+    version_label,
+    version_of,
+)
+from .registry import Snapshot
 from .spec import Initializer
 
 DEFAULT_PREFIX = "initializer.kubernetes.io/"
-# Records what was injected, so nothing is injected twice. Outside the request prefix, so it is
-# never read as a request for an initializer called "status".
-STATUS_ANNOTATION = "vm.codeconnect.vmworld.com/injected-initializers"
+# Records what was injected (initializers.record). Outside the request prefix, so it is never
+# read as a request for an initializer called "status".
+STATUS_ANNOTATION = RECORD_ANNOTATION
 
 
 class InjectionConflict(ValueError):
@@ -34,27 +52,29 @@ class Requests:
     """What an object's annotations ask for."""
 
     wanted: tuple[str, ...]  # initializers to inject, in annotation order
-    done: frozenset[str]  # already injected (status annotation)
+    gone: tuple[str, ...] = ()  # asked for and injected before, but no longer defined
 
 
 def requested(annotation_maps: Iterable[Mapping[str, Any] | None], prefix: str,
-              known: Iterable[str], broken: Mapping[str, str] | None = None) -> Requests:
+              known: Iterable[str], broken: Mapping[str, str] | None = None,
+              recorded: Iterable[str] = ()) -> Requests:
     """The initializers asked for by any of `annotation_maps` (`<prefix><name>: "true"`).
 
     "false" means no; any other value, or a name no administrator defined (or whose ConfigMap
-    is `broken`), is a BadRequest whose message says what is wrong and lists the known ones.
+    is `broken`), is a BadRequest whose message says what is wrong and lists the known ones,
+    except for a name injected before (`recorded`): a deleted initializer never blocks a
+    rollout, it is reported as `gone`.
     """
     known = sorted(known)
     broken = broken or {}
+    recorded = set(recorded)
     wanted: dict[str, None] = {}
-    done: set[str] = set()
+    gone: dict[str, None] = {}
     problems = []
     for annotation_map in annotation_maps:
         if not isinstance(annotation_map, Mapping):
             continue  # absent (or, from a hand-made request, not a map): asks for nothing
         for key, value in annotation_map.items():
-            if key == STATUS_ANNOTATION and isinstance(value, str):
-                done.update(n for n in value.split(",") if n)
             if not key.startswith(prefix):
                 continue
             name = key[len(prefix):]
@@ -63,6 +83,8 @@ def requested(annotation_maps: Iterable[Mapping[str, Any] | None], prefix: str,
             if value != "true":
                 problems.append(f'annotation {key}: value must be "true" or "false", '
                                 f"got {value!r}")
+            elif name in recorded and name not in known:
+                gone[name] = None  # injected before: its broken or deleted ConfigMap is noted
             elif name in broken:
                 problems.append(f"annotation {key}: initializer {name!r} is defined but "
                                 f"unusable: {broken[name]}")
@@ -73,7 +95,19 @@ def requested(annotation_maps: Iterable[Mapping[str, Any] | None], prefix: str,
     if problems:
         listing = ", ".join(known) if known else "none are defined"
         raise BadRequest("; ".join(problems) + f" (known initializers: {listing})")
-    return Requests(tuple(wanted), frozenset(done))
+    return Requests(tuple(wanted), tuple(gone))
+
+
+def _contains(existing: Any, wanted: Any) -> bool:
+    """Whether `existing` holds everything `wanted` says: what the API server defaulted into an
+    injected item since (imagePullPolicy, terminationMessagePath...) does not make it another."""
+    if isinstance(wanted, Mapping):
+        return isinstance(existing, Mapping) and all(
+            k in existing and _contains(existing[k], v) for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return isinstance(existing, list) and len(existing) == len(wanted) and all(
+            _contains(e, w) for e, w in zip(existing, wanted, strict=True))
+    return bool(existing == wanted)
 
 
 def _merge_by(key: str, existing: list[Any], additions: Sequence[Mapping[str, Any]],
@@ -87,7 +121,7 @@ def _merge_by(key: str, existing: list[Any], additions: Sequence[Mapping[str, An
         current = present.get(item[key])
         if current is None:
             new.append(copy.deepcopy(dict(item)))
-        elif current != item:
+        elif not _contains(current, item):
             raise InjectionConflict(clash(item))
     return [*new, *existing] if first else [*existing, *new]
 
@@ -162,17 +196,89 @@ def _no_clash_across_kinds(spec: Mapping[str, Any], key: str,
                 f"already has {other_what} of that name")
 
 
-def inject(annotations: Mapping[str, Any] | None, pod_spec: Mapping[str, Any],
-           names: Sequence[str], registry: Mapping[str, Initializer]
-           ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(annotations, pod spec) with `names` injected and recorded in the status annotation."""
+@dataclass(frozen=True)
+class Result:
+    """A pod (template) after reconcile: its annotations, labels and spec (new dicts; what is
+    unchanged is shared with the input), and warnings for the user."""
+
+    annotations: dict[str, Any]
+    labels: dict[str, Any]
+    spec: dict[str, Any]
+    stripped: bool  # something was taken out: lists may have shrunk
+    warnings: tuple[str, ...]
+
+
+def _strip_outdated(record: Mapping[str, Added], spec: dict[str, Any], asked: Requests,
+                    snapshot: Snapshot) -> tuple[dict[str, Added], dict[str, Any], list[str]]:
+    """(What stays recorded, the spec without what goes, warnings.) An initializer's parts go
+    when it is no longer asked for, is gone, or has another version now (it is injected
+    again); an unusable one (its ConfigMap being fixed) is left as it is."""
+    kept: dict[str, Added] = {}
+    warnings = []
+    for name, entry in record.items():
+        current = snapshot.usable.get(name)
+        if name in snapshot.broken:
+            kept[name] = entry
+            warnings.append(f"initializer {name!r} is unusable ({snapshot.broken[name]}): "
+                            "what it injected is left as it is")
+            continue
+        if name in asked.wanted and current is not None and entry.version == version_of(
+                current):
+            kept[name] = entry
+            continue
+        if entry.legacy and current is None:
+            kept[name] = entry
+            warnings.append(f"initializer {name!r} no longer exists, and what it injected "
+                            "was not recorded: remove it by hand")
+            continue
+        spec = strip(spec, legacy_additions(current) if entry.legacy and current else entry)
+        if name in asked.gone:
+            warnings.append(f"initializer {name!r} no longer exists: what it injected was "
+                            "removed")
+    return kept, spec, warnings
+
+
+def reconcile(annotations: Mapping[str, Any] | None, labels: Mapping[str, Any] | None,
+              pod_spec: Mapping[str, Any], asked: Requests, snapshot: Snapshot, *,
+              update: bool) -> Result:
+    """Inject what `asked` wants and the record lacks; on a workload's `update`, first strip
+    what the record says an initializer added when it is no longer asked for, when it is gone,
+    or when its version changed (then it is injected again, current)."""
     new_annotations = dict(annotations) if isinstance(annotations, Mapping) else {}
-    recorded = [n for n in str(new_annotations.get(STATUS_ANNOTATION, "")).split(",") if n]
-    sidecars = {c["name"] for n in [*recorded, *names] if n in registry
-                for c in registry[n].containers}
-    spec = dict(pod_spec)
-    for name in names:
+    record = parse_record(new_annotations.get(RECORD_ANNOTATION))
+    spec: dict[str, Any] = dict(pod_spec)
+    kept: dict[str, Added] = dict(record)
+    warnings: list[str] = []
+    if update:
+        kept, spec, warnings = _strip_outdated(record, spec, asked, snapshot)
+    registry = snapshot.usable
+    sidecars = {c for a in kept.values() for c in a.containers} | {
+        c["name"] for n in asked.wanted if n in registry for c in registry[n].containers}
+    for name in asked.wanted:
+        if name in kept or name not in registry:
+            continue
+        before = spec
         spec = merge(spec, registry[name], sidecars)
-    new_annotations[STATUS_ANNOTATION] = ",".join(
-        [*recorded, *(n for n in names if n not in recorded)])
-    return new_annotations, spec
+        own = {c.get("name") for c in before.get("containers") or []
+               if isinstance(c, dict)} - sidecars
+        kept[name] = added_between(before, spec, version_of(registry[name]), own)
+    if kept:
+        new_annotations[RECORD_ANNOTATION] = dump_record(kept)
+    else:
+        new_annotations.pop(RECORD_ANNOTATION, None)
+    return Result(new_annotations, with_version_labels(labels, kept), spec,
+                  stripped=len(kept) < len(record) or any(
+                      kept.get(n) != record[n] for n in record if n in kept),
+                  warnings=tuple(warnings))
+
+
+def with_version_labels(labels: Mapping[str, Any] | None,
+                        record: Mapping[str, Added]) -> dict[str, Any]:
+    """`labels` with one version label per recorded initializer, and none for others."""
+    new = {k: v for k, v in (labels or {}).items()
+           if not (isinstance(k, str) and k.startswith(VERSION_LABEL_PREFIX))} \
+        if isinstance(labels, Mapping) else {}
+    for name, added in record.items():
+        if added.version:
+            new[version_label(name)] = added.version
+    return new

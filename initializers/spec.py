@@ -26,7 +26,7 @@ import yaml
 NAME_SUFFIX = "-initializer"
 NAME_LABEL = "initializer.kubernetes.io/name"
 CONFIG_KEY = "config"
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _KEYS = {"containers", "initContainers", "volumes", "volumeMounts", "env",
          "initContainerPosition"}
@@ -89,7 +89,7 @@ def _check_names(items: tuple[Item, ...], key: str, pattern: re.Pattern[str]) ->
 
 def parse(name: str, configmap: Mapping[str, Any]) -> Initializer:
     """The initializer `name` defined by `configmap`; InvalidInitializer when it is unusable."""
-    if not _DNS_LABEL.match(name):
+    if not DNS_LABEL.match(name):
         raise InvalidInitializer(f"initializer name {name!r} must be a DNS label")
     raw = (configmap.get("data") or {}).get(CONFIG_KEY)
     if not isinstance(raw, str) or not raw.strip():
@@ -115,9 +115,9 @@ def parse(name: str, configmap: Mapping[str, Any]) -> Initializer:
         env=_items(config, "env", ("name",)),
         init_containers_first=position == "first",
     )
-    _check_names(initializer.containers, "containers", _DNS_LABEL)
-    _check_names(initializer.init_containers, "initContainers", _DNS_LABEL)
-    _check_names(initializer.volumes, "volumes", _DNS_LABEL)
+    _check_names(initializer.containers, "containers", DNS_LABEL)
+    _check_names(initializer.init_containers, "initContainers", DNS_LABEL)
+    _check_names(initializer.volumes, "volumes", DNS_LABEL)
     _check_names(initializer.env, "env", _ENV_NAME)
     volumes = {v["name"] for v in initializer.volumes}
     for i, mount in enumerate(initializer.volume_mounts):

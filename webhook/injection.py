@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from initializers.inject import (
-    STATUS_ANNOTATION,
     BadRequest,
     InjectionConflict,
-    inject,
+    Result,
+    reconcile,
     requested,
+    with_version_labels,
 )
+from initializers.record import RECORD_ANNOTATION, parse_record
 from initializers.registry import Snapshot
 
 from .admission import AdmissionRequest, allow, deny, verify_patch
@@ -98,14 +100,19 @@ def _list_ops(path: str, before: Any, after: list[Any]) -> list[dict[str, Any]]:
                   for item in after[len(before):]]
 
 
-def _patch(obj: dict[str, Any], kind: tuple[str, str], todo: list[str],
-           snapshot: Snapshot) -> list[dict[str, Any]]:
-    """The JSON Patch that injects `todo` into `obj`'s pod (template).
+def _map_ops(path: tuple[str, ...], before: Any, after: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ops turning the string map at `path` (annotations, labels) from `before` into `after`,
+    key by key: never the whole map, which holds what others put there."""
+    if not isinstance(before, dict):
+        return [{"op": "add", "path": _pointer(*path), "value": after}] if after else []
+    ops: list[dict[str, Any]] = [
+        {"op": "add", "path": _pointer(*path, k), "value": v}
+        for k, v in after.items() if before.get(k, None) != v or k not in before]
+    return ops + [{"op": "remove", "path": _pointer(*path, k)} for k in before if k not in after]
 
-    Written from what merge() changed rather than by diffing whole objects (a Pod's
-    managedFields alone can be tens of kilobytes), then proven by applying it to the part of
-    the object it touches.
-    """
+
+def _holder(obj: dict[str, Any], kind: tuple[str, str]) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Where the pod is: the object itself, or its template; checked for shape."""
     prefix = () if kind == POD else ("spec", "template")
     holder = obj if kind == POD else _dict(obj.get("spec")).get("template")
     if not isinstance(holder, dict):
@@ -113,35 +120,115 @@ def _patch(obj: dict[str, Any], kind: tuple[str, str], todo: list[str],
     for key in ("metadata", "spec"):
         if key in holder and not isinstance(holder[key], dict):
             raise BadRequest(".".join([*prefix, key]) + " must be an object")
-    pod_spec, meta = _dict(holder.get("spec")), _dict(holder.get("metadata"))
-    if problem := _shape_problem(pod_spec, ".".join([*prefix, "spec"])):
+    for where, meta in (((*prefix, "metadata"), _dict(holder.get("metadata"))),
+                        (("metadata",), _dict(obj.get("metadata")))):
+        if "labels" in meta and meta["labels"] is not None and not isinstance(
+                meta["labels"], dict):
+            raise BadRequest(".".join([*where, "labels"]) + " must be an object")
+    if problem := _shape_problem(_dict(holder.get("spec")), ".".join([*prefix, "spec"])):
         raise BadRequest(problem)
-    annotations, new_spec = inject(meta.get("annotations"), pod_spec, todo, snapshot.usable)
+    return prefix, holder
 
-    ops: list[dict[str, Any]] = []
+
+def _spec_ops(holder: dict[str, Any], result: Result) -> list[dict[str, Any]]:
+    pod_spec, new_spec = _dict(holder.get("spec")), result.spec
     if "spec" not in holder:
-        ops.append({"op": "add", "path": _pointer("spec"), "value": new_spec})
-    else:
-        for key in POD_LISTS:
-            if new_spec.get(key) is not pod_spec.get(key):
-                ops += _list_ops(_pointer("spec", key), pod_spec.get(key), new_spec[key])
-    if "metadata" not in holder:
-        ops.append({"op": "add", "path": _pointer("metadata"),
-                    "value": {"annotations": annotations}})
-    elif not isinstance(meta.get("annotations"), dict):
-        ops.append({"op": "add", "path": _pointer("metadata", "annotations"),
-                    "value": annotations})
-    else:  # never the whole map: only our status key
-        ops.append({"op": "add", "path": _pointer("metadata", "annotations", STATUS_ANNOTATION),
-                    "value": annotations[STATUS_ANNOTATION]})
+        return [{"op": "add", "path": _pointer("spec"), "value": new_spec}] if new_spec else []
+    ops: list[dict[str, Any]] = []
+    for key in POD_LISTS:
+        old, new = pod_spec.get(key), new_spec.get(key)
+        if new is old:
+            continue
+        if key not in new_spec:
+            ops.append({"op": "remove", "path": _pointer("spec", key)})
+        elif result.stripped:  # lists may have shrunk: the list, whole
+            ops.append({"op": "add", "path": _pointer("spec", key), "value": new})
+        else:  # only added to: item by item (a Pod's containers can be large)
+            ops += _list_ops(_pointer("spec", key), old, cast(list[Any], new))
+    return ops
 
-    before = {k: holder[k] for k in ("metadata", "spec") if k in holder}
-    if "metadata" in before:  # the rest of metadata is never touched: leave it out
-        before["metadata"] = {k: meta[k] for k in ("annotations",) if k in meta}
-    after = {"spec": new_spec, "metadata": {"annotations": annotations}}
+
+def _meta_ops(holder: dict[str, Any], new_meta: dict[str, Any]) -> list[dict[str, Any]]:
+    if "metadata" not in holder:
+        return [{"op": "add", "path": _pointer("metadata"),
+                 "value": {k: v for k, v in new_meta.items() if v}}]
+    meta = _dict(holder.get("metadata"))
+    return [op for key in ("annotations", "labels")
+            for op in _map_ops(("metadata", key), meta.get(key), new_meta[key])]
+
+
+def _touched(holder: dict[str, Any], spec: dict[str, Any] | None,
+             meta: dict[str, Any]) -> dict[str, Any]:
+    """The part of a pod (template) a patch may touch: its spec, annotations and labels."""
+    part: dict[str, Any] = {}
+    if spec is not None:
+        part["spec"] = spec
+    if "metadata" in holder or any(meta.values()):
+        part["metadata"] = {k: v for k, v in meta.items()
+                            if k in _dict(holder.get("metadata")) or v}
+    return part
+
+
+def _patch(obj: dict[str, Any], kind: tuple[str, str], prefix: tuple[str, ...],
+           holder: dict[str, Any], result: Result) -> list[dict[str, Any]]:
+    """The JSON Patch from `obj` to the reconciled pod (template), its record and labels.
+
+    Written from what reconcile changed rather than by diffing whole objects (a Pod's
+    managedFields alone can be tens of kilobytes), then proven by applying it to the parts of
+    the object it touches.
+    """
+    meta = _dict(holder.get("metadata"))
+    new_meta = {"annotations": result.annotations, "labels": result.labels}
+    ops = _spec_ops(holder, result) + _meta_ops(holder, new_meta)
+    before = _touched(holder, holder.get("spec"),
+                      {k: meta[k] for k in ("annotations", "labels") if k in meta})
+    after = _touched(holder, result.spec if "spec" in holder or result.spec else None,
+                     new_meta)
     verify_patch(before, ops, after)
     base = _pointer(*prefix)
-    return [{**op, "path": base + op["path"]} for op in ops]
+    ops = [{**op, "path": base + op["path"]} for op in ops]
+    if kind != POD:  # the workload too carries the version labels, for `kubectl get -L`
+        workload = _dict(obj.get("metadata"))
+        labels = with_version_labels(workload.get("labels"), parse_record(
+            result.annotations.get(RECORD_ANNOTATION)))
+        if "metadata" not in obj:
+            ops += [{"op": "add", "path": "/metadata", "value": {"labels": labels}}] \
+                if labels else []
+        else:
+            ops += _map_ops(("metadata", "labels"), workload.get("labels"), labels)
+    return ops
+
+
+def _owned(obj: dict[str, Any]) -> bool:
+    """Whether a controller owns the workload (a Deployment's ReplicaSet): its template follows
+    its owner's, and a template of ours would make the owner see another one and make more."""
+    refs = _dict(obj.get("metadata")).get("ownerReferences")
+    return isinstance(refs, list) and any(isinstance(r, dict) and r.get("controller") is True
+                                          for r in refs)
+
+
+def _record_of(obj: dict[str, Any], kind: tuple[str, str]) -> dict[str, Any]:
+    """The injection record on the pod (template), whatever the object's shape."""
+    holder = obj if kind == POD else _dict(_dict(obj.get("spec")).get("template"))
+    return parse_record(_dict(_dict(holder.get("metadata")).get("annotations")).get(
+        RECORD_ANNOTATION))
+
+
+def _admit(obj: dict[str, Any], kind: tuple[str, str], *, update: bool, snapshot: Snapshot,
+           settings: InjectionSettings) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """The patch (empty: nothing to change) and the warnings for one object."""
+    record = _record_of(obj, kind)
+    asked = requested(_annotation_maps(obj, kind), settings.prefix, snapshot.usable,
+                      snapshot.broken, recorded=record)
+    if not update and all(name in record for name in asked.wanted):
+        return [], ()  # CREATE with nothing to add: Pods of an injected template, most Pods
+    if update and not record and not asked.wanted:
+        return [], ()
+    prefix, holder = _holder(obj, kind)
+    meta = _dict(holder.get("metadata"))
+    result = reconcile(meta.get("annotations"), meta.get("labels"), _dict(holder.get("spec")),
+                       asked, snapshot, update=update)
+    return _patch(obj, kind, prefix, holder, result), result.warnings
 
 
 def handle(request: AdmissionRequest, snapshot: Snapshot,
@@ -154,15 +241,14 @@ def handle(request: AdmissionRequest, snapshot: Snapshot,
                     code=400, reason="BadRequest")
     if (obj is None or request.namespace in settings.excluded_namespaces
             or request.operation not in ("CREATE", "UPDATE")
-            or (request.operation == "UPDATE" and kind in CREATE_ONLY)):
+            or (request.operation == "UPDATE" and kind in CREATE_ONLY)
+            or (kind != POD and _owned(obj))):
         return allow(request.uid)
     try:
-        asked = requested(_annotation_maps(obj, kind), settings.prefix, snapshot.usable,
-                          snapshot.broken)
-        todo = [name for name in asked.wanted if name not in asked.done]
-        patch = _patch(obj, kind, todo, snapshot) if todo else None
+        patch, warnings = _admit(obj, kind, update=request.operation == "UPDATE",
+                                 snapshot=snapshot, settings=settings)
     except BadRequest as exc:
         return deny(request.uid, str(exc), code=400, reason="BadRequest")
     except InjectionConflict as exc:
         return deny(request.uid, str(exc), code=409, reason="Conflict")
-    return allow(request.uid, patch=patch)
+    return allow(request.uid, patch=patch or None, warnings=list(warnings))

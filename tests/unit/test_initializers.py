@@ -18,6 +18,7 @@ from initializers.inject import (
     merge,
     requested,
 )
+from initializers.record import parse_record
 from initializers.registry import Registry
 from initializers.spec import InvalidInitializer, initializer_name, parse
 from webhook.admission import parse_review
@@ -121,11 +122,11 @@ def test_two_configmaps_for_one_name_are_both_refused() -> None:
 
 # --- what a workload asks for ----------------------------------------------------------------
 
-def test_requests_true_false_and_status() -> None:
+def test_requests_true_false_and_gone() -> None:
     asked = requested([{f"{PREFIX}a": "true", f"{PREFIX}b": "false", "other": "x",
-                        STATUS_ANNOTATION: "c"}], PREFIX, ["a", "b", "c"])
+                        f"{PREFIX}c": "true"}], PREFIX, ["a", "b"], recorded=["c"])
     assert asked.wanted == ("a",)
-    assert asked.done == frozenset({"c"})
+    assert asked.gone == ("c",)  # injected before, deleted since: no refusal
 
 
 @pytest.mark.parametrize(("annotations", "message"), [
@@ -196,11 +197,12 @@ def test_annotated_pod_gets_sidecar_init_container_and_status() -> None:
     result = patched(original, response)
     assert [c["name"] for c in result["spec"]["containers"]] == ["app", "logging-agent"]
     assert [c["name"] for c in result["spec"]["initContainers"]] == ["log-setup"]
-    assert result["metadata"]["annotations"][STATUS_ANNOTATION] == "logging-agent"
+    record = result["metadata"]["annotations"][STATUS_ANNOTATION]
+    assert list(parse_record(record)) == ["logging-agent"]
     ops = json.loads(base64.b64decode(response["patch"]))
     # JSON Pointer escapes "/" as "~1"; the annotations map itself is never replaced.
     assert {"op": "add", "path": "/metadata/annotations/vm.codeconnect.vmworld.com~1injected"
-            "-initializers", "value": "logging-agent"} in ops
+            "-initializers", "value": record} in ops
     assert not any(op["path"] == "/metadata/annotations" for op in ops)
 
 
@@ -230,7 +232,8 @@ def test_deployment_with_the_request_on_its_own_metadata_gets_its_template_injec
     result = patched(original, _handle(original, DEPLOYMENT_KIND))
     template = result["spec"]["template"]
     assert [c["name"] for c in template["spec"]["containers"]] == ["app", "logging-agent"]
-    assert template["metadata"]["annotations"][STATUS_ANNOTATION] == "logging-agent"
+    assert list(parse_record(template["metadata"]["annotations"][STATUS_ANNOTATION])) == [
+        "logging-agent"]
     # ... and its ReplicaSet's Pods, which inherit the template, are left alone.
     child = pod(annotations={**ASK, **template["metadata"]["annotations"]})
     child["spec"] = template["spec"]
@@ -245,7 +248,8 @@ def test_template_request_and_several_initializers() -> None:
     template = result["spec"]["template"]
     assert [c["name"] for c in template["spec"]["containers"]] == [
         "app", "logging-agent", "exporter"]
-    assert template["metadata"]["annotations"][STATUS_ANNOTATION] == "logging-agent,metrics"
+    assert list(parse_record(template["metadata"]["annotations"][STATUS_ANNOTATION])) == [
+        "logging-agent", "metrics"]
 
 
 def test_jobs_are_injected_on_create_only() -> None:
