@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from initializers.inject import DEFAULT_PREFIX
+from initializers.record import RECORD_ANNOTATION
 from vmgroup_api import GROUP, PLURAL, VERSION
 
 NAME = "vmgroup-operator"
@@ -56,11 +57,13 @@ def _rule(group: str, version: str, resources: list[str],
             "resources": resources, "scope": "Namespaced"}
 
 
-def _asks_for_initializers(path: str, prefix: str) -> str:
-    """CEL: the annotations at `path` (a field path under `object`) name an initializer."""
+def _asks_for_initializers(path: str, prefix: str, *, or_key: str | None = None) -> str:
+    """CEL: the annotations at `path` (a field path under `object`) name an initializer (or
+    hold `or_key`)."""
     steps = path.split(".")
     present = " && ".join(f"has(object.{'.'.join(steps[:i + 1])})" for i in range(len(steps)))
-    return f"{present} && object.{path}.exists(k, k.startsWith('{prefix}'))"
+    test = f"k.startsWith('{prefix}')" + (f" || k == '{or_key}'" if or_key else "")
+    return f"{present} && object.{path}.exists(k, {test})"
 
 
 def _injection_webhooks(client_config: ClientConfig, excluded: list[str], prefix: str,
@@ -69,7 +72,9 @@ def _injection_webhooks(client_config: ClientConfig, excluded: list[str], prefix
     annotations name an initializer (matchConditions), outside opted-out namespaces/objects."""
     opt_out = _not_in(OPT_OUT_LABEL, [OPT_OUT_VALUE])
     on_object = _asks_for_initializers("metadata.annotations", prefix)
-    on_template = _asks_for_initializers("spec.template.metadata.annotations", prefix)
+    # A template that was injected is sent too: removing the request must remove what it added.
+    on_template = _asks_for_initializers("spec.template.metadata.annotations", prefix,
+                                         or_key=RECORD_ANNOTATION)
     pods = _webhook(f"inject.pods.{GROUP}", INJECT_PATH, [_rule("", "v1", ["pods"], ("CREATE",))],
                     client_config, excluded, failure_policy=failure_policy)
     pods["matchConditions"] = [{"name": "asks-for-initializers", "expression": on_object}]

@@ -16,6 +16,8 @@ from hack.stack import poll
 from hack.stack.components import Webhook
 from hack.stack.workloads import LOGGING_AGENT, configmap, deployment, pod
 from initializers.inject import STATUS_ANNOTATION
+from initializers.record import parse_record, version_label, version_of
+from initializers.spec import parse
 from tests.conftest import Kubectl
 
 pytestmark = pytest.mark.kube
@@ -68,7 +70,8 @@ def test_deployment_of_the_original_pattern_gets_the_sidecar(
     assert template["spec"]["volumes"][0]["name"] == "varlog"
     assert {"name": "varlog", "mountPath": "/var/log"} in \
         template["spec"]["containers"][0]["volumeMounts"]
-    assert template["metadata"]["annotations"][STATUS_ANNOTATION] == "logging-agent"
+    assert list(parse_record(template["metadata"]["annotations"][STATUS_ANNOTATION])) == [
+        "logging-agent"]
 
     # kube-controller-manager makes a ReplicaSet of it, and the webhook leaves that alone.
     def replica_set() -> dict[str, Any] | None:
@@ -78,6 +81,111 @@ def test_deployment_of_the_original_pattern_gets_the_sidecar(
     rs = poll(replica_set, timeout=30, what="the Deployment's ReplicaSet")
     assert [c["name"] for c in rs["spec"]["template"]["spec"]["containers"]] == [
         "app", "logging-agent"]
+
+
+# --- the lifecycle: upgrade and removal on a workload's update ----------------------------
+
+def _version(config: dict[str, Any]) -> str:
+    return version_of(parse("logging-agent", configmap("logging-agent-initializer", config)))
+
+
+def _deployment(kubectl: Kubectl, namespace: str, name: str = "web") -> Any:
+    return json.loads(kubectl("get", "deployment", "-n", namespace, name, "-o", "json").stdout)
+
+
+def _sidecar_images(template: dict[str, Any]) -> list[str]:
+    return [c["image"] for c in template["spec"]["containers"] if c["name"] != "app"]
+
+
+def _replica_sets(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
+    return list(json.loads(kubectl("get", "rs", "-n", namespace, "-o", "json").stdout)["items"])
+
+
+def _teach(kubectl: Kubectl, namespace: str, config: dict[str, Any] | None) -> None:
+    """Put (or, with None, delete) the initializer, and wait until the webhook knows."""
+    if config is None:
+        kubectl("delete", "configmap", "-n", OPERATOR_NS, "logging-agent-initializer")
+        poll(lambda: isinstance(_dry_run_pod(kubectl, namespace, ASK), str), timeout=20,
+             what="the webhook to forget the initializer")
+        return
+    kubectl("apply", "-f", "-", stdin=json.dumps(
+        configmap("logging-agent-initializer", config, OPERATOR_NS)))
+    image = config["containers"][0]["image"]
+    poll(lambda: (answer := _dry_run_pod(kubectl, namespace, ASK)) and isinstance(answer, dict)
+         and image in [c["image"] for c in answer["spec"]["containers"]], timeout=20,
+         what=f"the webhook to inject {image}")
+
+
+def test_an_edited_initializer_rolls_out_with_rollout_restart(
+        kubectl: Kubectl, logging_agent: str, namespace: str) -> None:
+    _create(kubectl, namespace, deployment("web", annotations=ASK))
+    poll(lambda: _replica_sets(kubectl, namespace), timeout=30, what="the first ReplicaSet")
+    newer = json.loads(json.dumps(LOGGING_AGENT))
+    newer["containers"][0]["image"] = "fluent/fluent-bit:3.2"
+    _teach(kubectl, namespace, newer)
+    kubectl("rollout", "restart", "-n", namespace, "deployment/web")
+    template = _deployment(kubectl, namespace)["spec"]["template"]
+    assert _sidecar_images(template) == ["fluent/fluent-bit:3.2"]
+    record = parse_record(template["metadata"]["annotations"][STATUS_ANNOTATION])
+    assert record["logging-agent"].version == _version(newer)
+    assert template["metadata"]["labels"][version_label("logging-agent")] == _version(newer)
+    assert "fluent/fluent-bit:3.1" not in json.dumps(template)
+
+    def new_replica_set() -> bool:  # the Deployment's new ReplicaSet carries the new version
+        return any(_sidecar_images(rs["spec"]["template"]) == ["fluent/fluent-bit:3.2"]
+                   and rs["metadata"]["labels"].get(version_label("logging-agent"))
+                   == _version(newer) for rs in _replica_sets(kubectl, namespace))
+
+    poll(new_replica_set, timeout=30, what="a ReplicaSet of the new version")
+    # one command tells who runs which version
+    listing = kubectl("get", "deploy,rs", "-n", namespace, "-L",
+                      version_label("logging-agent")).stdout
+    assert _version(newer) in listing
+    assert _version(LOGGING_AGENT) in listing  # the old ReplicaSet, scaled down
+
+
+@pytest.mark.parametrize("opt_out", [["initializer.kubernetes.io/logging-agent=false",
+                                      "--overwrite"], ["initializer.kubernetes.io/logging-agent-"]])
+def test_opting_out_on_the_workload_strips_what_was_injected(
+        kubectl: Kubectl, logging_agent: str, namespace: str, opt_out: list[str]) -> None:
+    _create(kubectl, namespace, deployment("web", annotations=ASK))
+    kubectl("annotate", "-n", namespace, "deployment/web", *opt_out)
+    template = _deployment(kubectl, namespace)["spec"]["template"]
+    assert [c["name"] for c in template["spec"]["containers"]] == ["app"]
+    assert "initContainers" not in template["spec"]
+    assert "volumes" not in template["spec"]
+    assert "env" not in template["spec"]["containers"][0]
+    assert STATUS_ANNOTATION not in (template["metadata"].get("annotations") or {})
+    assert version_label("logging-agent") not in template["metadata"]["labels"]
+
+
+def test_a_deleted_initializer_never_blocks_a_rollout(
+        kubectl: Kubectl, logging_agent: str, namespace: str) -> None:
+    _create(kubectl, namespace, deployment("web", annotations=ASK))
+    _teach(kubectl, namespace, None)
+    restarted = kubectl("rollout", "restart", "-n", namespace, "deployment/web")
+    assert "initializer 'logging-agent' no longer exists: what it injected was removed" in \
+        restarted.stderr
+    template = _deployment(kubectl, namespace)["spec"]["template"]
+    assert [c["name"] for c in template["spec"]["containers"]] == ["app"]
+    kubectl("scale", "-n", namespace, "deployment/web", "--replicas=2")  # nor a scale
+
+
+def test_removing_the_record_by_hand_is_no_conflict(
+        kubectl: Kubectl, logging_agent: str, namespace: str) -> None:
+    """It was a 409: the sidecar the API server had defaulted no longer equalled the
+    initializer's, so injecting again looked like a clash."""
+    _create(kubectl, namespace, deployment("web", annotations=ASK))
+    key = STATUS_ANNOTATION.replace("/", "~1")
+    removed = kubectl("patch", "-n", namespace, "deployment/web", "--type=json", "-p",
+                      json.dumps([{"op": "remove",
+                                   "path": f"/spec/template/metadata/annotations/{key}"}]),
+                      check=False)
+    assert removed.returncode == 0, removed.stderr
+    template = _deployment(kubectl, namespace)["spec"]["template"]
+    assert [c["name"] for c in template["spec"]["containers"]] == ["app", "logging-agent"]
+    assert list(parse_record(template["metadata"]["annotations"][STATUS_ANNOTATION])) == [
+        "logging-agent"]
 
 
 def test_annotated_pod_gets_sidecar_and_init_container(kubectl: Kubectl, logging_agent: str,
