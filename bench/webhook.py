@@ -6,7 +6,10 @@ gunicorn with its default configuration.
 
 Scenarios: `vmgroups` mixes VmGroup mutate and validate requests; `injection` injects the
 logging-agent initializer (read live from a ConfigMap of a real API server, as in a cluster)
-into a realistic Pod: 3 containers and a large managedFields.
+into a realistic Pod: 3 containers and a large managedFields (a CREATE); `upgrade` is the
+UPDATE of a Deployment with that Pod as its template, injected with an older version of the
+initializer, which every request strips and injects again (what `kubectl rollout restart` costs
+after an administrator changed an initializer).
 
 For each rate, one fortio load generator per endpoint (the rate split between them) runs on
 this machine, so the load generator's CPU is part of the budget, as it would be for an API
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import subprocess
 import sys
@@ -30,8 +34,11 @@ from typing import Any
 from hack.stack import LocalStack, binary
 from hack.stack.components import Webhook, kubectl
 from hack.stack.pki import CertificateAuthority
-from hack.stack.reviews import review, vmgroup
+from hack.stack.reviews import patched, review, vmgroup
 from hack.stack.workloads import LOGGING_AGENT, configmap
+from initializers.registry import Registry
+from webhook.admission import parse_review
+from webhook.injection import InjectionSettings, handle
 
 TARGET_P99_MS, TARGET_P99_RATE, TARGET_RPS, TARGET_RSS_MB = 5.0, 200, 800, 80.0
 
@@ -72,11 +79,33 @@ def _realistic_pod() -> dict[str, Any]:
                                                         "configMap": {"name": "app"}}]}}
 
 
+def _upgrading_update() -> dict[str, Any]:
+    """The UPDATE of a Deployment injected with an older logging-agent (another image)."""
+    older = copy.deepcopy(LOGGING_AGENT)
+    older["containers"][0]["image"] = "fluent/fluent-bit:3.0"
+    registry = Registry()
+    registry.replace([configmap("logging-agent-initializer", older)])
+    pod = _realistic_pod()
+    labels = pod["metadata"]["labels"]
+    workload = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+        "name": "web", "namespace": "team-a", "annotations": pod["metadata"]["annotations"],
+        "managedFields": pod["metadata"]["managedFields"]},
+        "spec": {"replicas": 3, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": pod["spec"]}}}
+    kind = {"group": "apps", "version": "v1", "kind": "Deployment"}
+    answer = handle(parse_review(json.dumps(review(workload, kind=kind))), registry.snapshot(),
+                    InjectionSettings("initializer.kubernetes.io/", frozenset()))
+    injected = patched(workload, answer["response"])
+    return review(injected, operation="UPDATE", old=injected, kind=kind)
+
+
 def _payloads(directory: Path, scenario: str) -> dict[str, Path]:
     """The requests of a scenario, one per endpoint."""
     if scenario == "injection":
         bodies = {"/inject": review(_realistic_pod(), kind={"group": "", "version": "v1",
                                                             "kind": "Pod"})}
+    elif scenario == "upgrade":
+        bodies = {"/inject": _upgrading_update()}
     else:  # a template-only CREATE for defaulting, a full one for validation
         bodies = {
             "/mutate/vmgroups": review(vmgroup("vg-1", "team-a",
@@ -161,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=2,
                         help="keep-alive connections per endpoint at fixed rates (default: 2; "
                         "the unbounded run uses twice as many)")
-    parser.add_argument("--scenario", choices=["vmgroups", "injection"], default="vmgroups",
+    parser.add_argument("--scenario", choices=["vmgroups", "injection", "upgrade"],
+                        default="vmgroups",
                         help="what to send (default: %(default)s)")
     parser.add_argument("--webhook-args", default="",
                         help="extra vmgroup-webhook flags, to compare against the defaults")
@@ -176,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         ca.write_bytes(authority.cert_pem)
         cert = authority.serving("webhook").write(work, "tls")
         extra = args.webhook_args.split()
-        if args.scenario == "injection":
+        if args.scenario in ("injection", "upgrade"):
             extra += _initializer_source(work, cleanup)
         webhook = Webhook(ca, cert, work / "logs", extra, name="bench-webhook")
         webhook.start()
