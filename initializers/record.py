@@ -26,26 +26,20 @@ taken to be what the initializer of that name adds today.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .spec import DNS_LABEL, Initializer
+from .spec import DNS_LABEL, Initializer, content_version
 
 RECORD_ANNOTATION = "vm.codeconnect.vmworld.com/injected-initializers"
 VERSION_LABEL_PREFIX = "initializer.vm.codeconnect.vmworld.com/"
 
 
 def version_of(initializer: Initializer) -> str:
-    """A content hash of what the initializer injects (not of its ConfigMap's text)."""
-    content = {"containers": initializer.containers, "initContainers":
-               initializer.init_containers, "volumes": initializer.volumes,
-               "volumeMounts": initializer.volume_mounts, "env": initializer.env,
-               "initContainersFirst": initializer.init_containers_first}
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    """The initializer's version (set when it was parsed; computed for one made by hand)."""
+    return initializer.version or content_version(initializer)
 
 
 def version_label(name: str) -> str:

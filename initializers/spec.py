@@ -16,6 +16,9 @@ Pure: no I/O. An invalid config raises InvalidInitializer with a message naming 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +51,18 @@ class Initializer:
     volume_mounts: tuple[Item, ...] = ()
     env: tuple[Item, ...] = ()
     init_containers_first: bool = False
+    version: str = ""  # content_version(), set once by parse(): it is asked on every admission
+
+
+def content_version(initializer: Initializer) -> str:
+    """A hash of what the initializer injects, not of its ConfigMap's text: an edit that
+    changes nothing (a comment, the key order) is no new version."""
+    content = {"containers": initializer.containers, "initContainers":
+               initializer.init_containers, "volumes": initializer.volumes,
+               "volumeMounts": initializer.volume_mounts, "env": initializer.env,
+               "initContainersFirst": initializer.init_containers_first}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def initializer_name(configmap: Mapping[str, Any]) -> str | None:
@@ -128,4 +143,4 @@ def parse(name: str, configmap: Mapping[str, Any]) -> Initializer:
             or initializer.env):
         raise InvalidInitializer("injects nothing: give containers, initContainers, volumes "
                                  "or env")
-    return initializer
+    return dataclasses.replace(initializer, version=content_version(initializer))
