@@ -57,11 +57,13 @@ class Operator:
                              f"{result.stderr.strip() or result.stdout.strip()}")
         return result
 
-    def helm(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return self.run("helm", *args, **kwargs)  # type: ignore[arg-type]
+    def helm(self, *args: str, stdin: str | None = None, timeout: float = 300,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("helm", *args, stdin=stdin, timeout=timeout, check=check)
 
-    def kubectl(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return self.run("kubectl", *args, **kwargs)  # type: ignore[arg-type]
+    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 300,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("kubectl", *args, stdin=stdin, timeout=timeout, check=check)
 
     def values(self, vcenter: VCenterInfo, image_ref: str) -> list[str]:
         """helm flags: the local image (never pulled: there is no registry) and the stack's

@@ -28,6 +28,13 @@ def _iptables(*args: str) -> str:
                           "XTABLES_LIBDIR": str(lib / "xtables")}).stdout
 
 
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:  # the process ended meanwhile
+        return b""
+
+
 def _machine() -> dict[str, Any]:
     """What a node could leave behind on this machine."""
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True,
@@ -41,9 +48,8 @@ def _machine() -> dict[str, Any]:
     mounts = sorted(line.split()[4] for line in
                     Path("/proc/self/mountinfo").read_text().splitlines())
     cgroups = sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods*"))
-    processes = sorted(
-        p.name for p in Path("/proc").iterdir() if p.name.isdigit() and
-        b"containerd-shim" in (p / "cmdline").read_bytes() if (p / "cmdline").exists())
+    processes = sorted(p.name for p in Path("/proc").iterdir()
+                       if p.name.isdigit() and b"containerd-shim" in _cmdline(p))
     return {
         "links": sorted(link["ifname"] for link in links),
         "routes": sorted(routes.splitlines()),
