@@ -36,13 +36,16 @@ def _not_in(key: str, values: list[str]) -> dict[str, Any]:
 
 
 def _webhook(name: str, path: str, rules: list[dict[str, Any]], client_config: ClientConfig,
-             excluded: list[str], *, failure_policy: str = "Fail") -> dict[str, Any]:
+             excluded: list[str] | None = None, *, failure_policy: str = "Fail"
+             ) -> dict[str, Any]:
+    """One webhook; with `excluded`, never called for objects in those namespaces."""
+    selector = {"namespaceSelector": {"matchExpressions": [
+        _not_in("kubernetes.io/metadata.name", excluded)]}} if excluded else {}
     return {
         "name": name,
         "clientConfig": client_config(path),
         "rules": rules,
-        "namespaceSelector": {"matchExpressions": [
-            _not_in("kubernetes.io/metadata.name", excluded)]},
+        **selector,
         "failurePolicy": failure_policy,
         "matchPolicy": "Equivalent",
         "sideEffects": "None",
@@ -101,15 +104,17 @@ def configurations(client_config: ClientConfig, operator_namespace: str, *,
     validation also covers vmgroups/scale, or `kubectl scale` would bypass the replicas policy.
     Injection: failurePolicy `injection_failure_policy` (an outage of ours must not stop every
     workload by default; an explicit refusal from us still refuses). The operator's namespace
-    and the system namespaces are never sent to the webhook.
+    and the system namespaces are never sent to the injection webhooks (their Pods must start
+    even when ours cannot). VmGroups of every namespace go to the VmGroup webhooks: no system
+    component needs a VmGroup to start, and a policy that stops at a namespace is no policy.
     """
     excluded = [operator_namespace, *SYSTEM_NAMESPACES]
     mutating = _webhook(f"mutate.vmgroups.{GROUP}", MUTATE_PATH,
-                        [_rule(GROUP, VERSION, [PLURAL])], client_config, excluded)
+                        [_rule(GROUP, VERSION, [PLURAL])], client_config)
     mutating["reinvocationPolicy"] = "IfNeeded"  # defaults again if a later webhook unsets them
     validating = _webhook(f"validate.vmgroups.{GROUP}", VALIDATE_PATH,
                           [_rule(GROUP, VERSION, [PLURAL, f"{PLURAL}/scale"])],
-                          client_config, excluded)
+                          client_config)
     injecting = _injection_webhooks(client_config, excluded, prefix, injection_failure_policy)
     def meta() -> dict[str, Any]:  # a copy each: changing one must not change the other
         return {"name": name, "labels": {"app.kubernetes.io/name": NAME}}

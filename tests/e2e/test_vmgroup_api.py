@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import subprocess
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client, watch
 
-from hack.stack import REPO
+from hack.stack import CRD_PATH, REPO, LocalStack
+from hack.stack.components import kubectl
 from tests.conftest import Kubectl
 
 pytestmark = pytest.mark.kube
@@ -98,3 +102,21 @@ def test_schema_enforces_vsphere_hard_bounds(kubectl: Kubectl, vmgroup_crd: str,
                      check=False)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_the_template_is_immutable_even_without_the_webhook(tmp_path: Path) -> None:
+    """A CEL rule in the CRD itself: it holds when the webhook is bypassed, down under
+    failurePolicy Ignore, or not installed at all (this API server has none)."""
+    with LocalStack(tmp_path, vcenter=False) as stack:
+        run = functools.partial(kubectl, stack.kubeconfig)
+        run("apply", "--server-side", "-f", str(CRD_PATH))
+        run("wait", "--for=condition=Established", "crd/vmgroups.vm.codeconnect.vmworld.com")
+        run("create", "-n", "kube-system", "-f", str(EXAMPLE))
+        with pytest.raises(subprocess.CalledProcessError) as refused:
+            run("patch", "vg", "vg-1", "-n", "kube-system", "--type=merge",
+                "-p", '{"spec": {"template": "other"}}')
+        assert ('spec.template: Invalid value: "other": field is immutable '
+                '(was "vm-operator-template"); create a new VmGroup to use another template'
+                ) in refused.value.stderr
+        run("patch", "vg", "vg-1", "-n", "kube-system", "--type=merge",
+            "-p", '{"spec": {"cpu": 2}}')  # the rest stays editable

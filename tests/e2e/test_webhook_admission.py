@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 
 from hack.stack import REPO
 from hack.stack.components import Webhook
+from hack.stack.stack import OPERATOR_NAMESPACE
 from tests.conftest import Kubectl
 
 pytestmark = pytest.mark.kube
@@ -115,8 +117,32 @@ def test_a_group_being_deleted_can_always_lose_its_finalizer(
     manifest["metadata"]["finalizers"] = ["vm.codeconnect.vmworld.com/test"]
     kubectl("create", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(manifest))
     kubectl("delete", "vg", "vg-1", "-n", namespace, "--wait=false")
-    # Even an edit that would otherwise be refused (the template) goes through now.
+    # Even an edit the policy would otherwise refuse (cpu 40 > 16) goes through now. (The
+    # template stays immutable: the CRD's own rule, which no webhook decision lifts.)
     kubectl("patch", "vg", "vg-1", "-n", namespace, "--type=json", "-p",
             '[{"op": "remove", "path": "/metadata/finalizers"},'
-            ' {"op": "replace", "path": "/spec/template", "value": "other"}]')
+            ' {"op": "replace", "path": "/spec/cpu", "value": 40}]')
     assert "NotFound" in kubectl("get", "vg", "vg-1", "-n", namespace, check=False).stderr
+
+
+@pytest.mark.parametrize("system_namespace", ["kube-system", OPERATOR_NAMESPACE])
+def test_the_policy_holds_in_system_and_operator_namespaces(
+        kubectl: Kubectl, vmgroup_webhook: Webhook, system_namespace: str) -> None:
+    """No namespace is a way around the policy: the VmGroup webhooks see every one (it was
+    possible to clone a 500-vCPU VM from kube-system)."""
+    kubectl("create", "namespace", system_namespace, check=False)  # the operator's may be new
+    name = f"policy-{uuid.uuid4().hex[:8]}"
+    refused = kubectl("create", "-n", system_namespace, "-f", "-",
+                      stdin=_manifest(name, template="t", cpu=500), check=False)
+    assert refused.returncode == 1
+    assert "spec.cpu: Invalid value: 500: must be from 1 to 16 (this cluster's policy)" in \
+        refused.stderr
+    kubectl("create", "-n", system_namespace, "-f", "-", stdin=_manifest(name, template="t"))
+    try:
+        assert _spec(kubectl, system_namespace, name)["cpu"] == 1  # defaulted there too
+        changed = kubectl("patch", "vg", name, "-n", system_namespace, "--type=merge",
+                          "-p", '{"spec": {"template": "other"}}', check=False)
+        assert changed.returncode == 1
+        assert 'field is immutable (was "t")' in changed.stderr
+    finally:
+        kubectl("delete", "vg", name, "-n", system_namespace, "--wait=false")
