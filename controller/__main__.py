@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kubekit.cli import EnvParser
+from kubekit.cli import LOG_LEVELS, ConfigError, EnvParser, fail, kube_client
 
 ENV_PREFIX = "VMGROUP_CONTROLLER_"
 
@@ -63,13 +63,19 @@ def parser() -> argparse.ArgumentParser:
     add("leader-election-namespace", os.environ.get("POD_NAMESPACE", "default"),
         "namespace of the Lease (default: $POD_NAMESPACE or default)")
     add("lease-name", "vmgroup-controller", "name of the Lease (default: %(default)s)")
-    add("log-level", "info", "debug, info, warning or error (default: %(default)s)")
+    add("log-level", "info", "debug, info, warning or error (default: %(default)s)",
+        choices=LOG_LEVELS)
     return p
 
 
 def _password(args: argparse.Namespace) -> str | None:
     if args.vcenter_password_file:
-        return Path(args.vcenter_password_file).read_text().strip()
+        try:
+            return Path(args.vcenter_password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the vCenter password file "
+                              f"{args.vcenter_password_file}: {exc.strerror} (mount the "
+                              "Secret there, or set VMGROUP_VCENTER_PASSWORD)") from None
     return os.environ.get("VMGROUP_VCENTER_PASSWORD")
 
 
@@ -124,16 +130,18 @@ def _lead(elector: Any, stop: threading.Event, lost: threading.Event,
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    password = _password(args)
-    if not password:
-        print("vmgroup-controller: no vCenter password: give --vcenter-password-file or "
-              "VMGROUP_VCENTER_PASSWORD", file=sys.stderr)
-        return 2
+    try:
+        password = _password(args)
+        if not password:
+            raise ConfigError("no vCenter password: give --vcenter-password-file or "
+                              "VMGROUP_VCENTER_PASSWORD")
+        api = kube_client(args.kubeconfig, f"--kubeconfig or {ENV_PREFIX}KUBECONFIG")
+    except ConfigError as exc:
+        fail("vmgroup-controller", str(exc))
 
     from kubekit import logs  # noqa: PLC0415 - one JSON log format for both parts
 
     logging.config.dictConfig(logs.dict_config(args.log_level))
-    from kubernetes import client, config  # noqa: PLC0415
 
     from kubekit.leader import LeaseElector  # noqa: PLC0415
     from kubekit.queue import WorkQueue  # noqa: PLC0415
@@ -144,11 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     from .reconciler import Reconciler  # noqa: PLC0415
     from .vsphere import Sessions, VCenterConfig  # noqa: PLC0415
 
-    if args.kubeconfig:
-        api = config.new_client_from_config(config_file=args.kubeconfig)
-    else:
-        config.load_incluster_config()
-        api = client.ApiClient()
     vcenter = VCenterConfig(
         host=args.vcenter_host, port=args.vcenter_port, username=args.vcenter_username,
         password=password, ca_file=args.vcenter_ca_file or None,

@@ -1,12 +1,23 @@
 """Command lines whose every flag can also come from the environment, `<PREFIX><FLAG>` (how
-the Helm chart configures the parts). Shared by vmgroup-webhook and vmgroup-controller."""
+the Helm chart configures the parts), and the one way both parts reach the API server.
+
+A mistake on the command line, in the environment or in what a flag points at is one line on
+stderr naming the problem and the fix, and exit code 2: never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from importlib.metadata import version
-from typing import Any
+from typing import Any, NoReturn
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """What the user configured cannot work; the message says what and how to fix it."""
 
 
 class EnvParser(argparse.ArgumentParser):
@@ -18,10 +29,58 @@ class EnvParser(argparse.ArgumentParser):
         self.add_argument("--version", action="version",
                           version=f"%(prog)s {version('vmgroup-operator')}")
 
-    def env(self, flag: str, default: Any) -> Any:
-        return os.environ.get(self.env_prefix + flag.upper().replace("-", "_"), default)
+    def env_name(self, flag: str) -> str:
+        return self.env_prefix + flag.upper().replace("-", "_")
 
-    def add(self, flag: str, default: Any, help: str, type: type = str) -> None:
-        """`--flag`, defaulting to its environment variable, else `default` (None: required)."""
-        self.add_argument(f"--{flag}", type=type, default=self.env(flag, default), help=help,
-                          required=default is None and self.env(flag, None) is None)
+    def env(self, flag: str, default: Any) -> Any:
+        return os.environ.get(self.env_name(flag), default)
+
+    def add(self, flag: str, default: Any, help: str, type: type = str,
+            choices: tuple[str, ...] | None = None) -> None:
+        """`--flag`, defaulting to its environment variable, else `default` (None: required).
+        A value from the environment is held to the flag's type and choices too."""
+        value = self.env(flag, default)
+        if (raw := self.env(flag, None)) is not None:
+            try:
+                value = type(raw)
+            except ValueError:
+                self.error(f"{self.env_name(flag)}={raw!r} is not a valid {type.__name__}")
+            if choices and value not in choices:
+                self.error(f"{self.env_name(flag)}={raw!r}: choose from {', '.join(choices)}")
+        self.add_argument(f"--{flag}", type=type, default=value, help=help, choices=choices,
+                          required=default is None and raw is None)
+
+    def error(self, message: str) -> NoReturn:
+        """One line, exit 2 (argparse would print the whole usage first)."""
+        fail(self.prog, f"{message} (see {self.prog} --help)")
+
+
+def fail(prog: str, message: str) -> NoReturn:
+    print(f"{prog}: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def kube_client(kubeconfig: str | None, flag_env: str) -> Any:
+    """An API client from `kubeconfig`, else from the Pod's service account; ConfigError with
+    the fix when neither works (`flag_env` names where a kubeconfig can be given)."""
+    from kubernetes import client, config  # noqa: PLC0415 - what needs no API server skips it
+    from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
+
+    if kubeconfig:
+        if not os.access(kubeconfig, os.R_OK):
+            raise ConfigError(f"cannot read kubeconfig {kubeconfig}: "
+                              f"{'no such file' if not os.path.exists(kubeconfig) else 'denied'}")
+        try:
+            return config.new_client_from_config(config_file=kubeconfig)
+        except OSError as exc:
+            raise ConfigError(f"cannot read kubeconfig {kubeconfig}: {exc.strerror}") from None
+        except (ConfigException, ValueError, TypeError) as exc:
+            raise ConfigError(f"kubeconfig {kubeconfig} is not usable: {exc}") from None
+    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        raise ConfigError(f"no kubeconfig, and not in a Pod (KUBERNETES_SERVICE_HOST is not "
+                          f"set): give {flag_env}")
+    try:
+        config.load_incluster_config()
+    except ConfigException as exc:
+        raise ConfigError(f"the Pod's service account is not usable: {exc}") from None
+    return client.ApiClient()

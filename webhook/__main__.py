@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 from initializers.inject import DEFAULT_PREFIX
-from kubekit.cli import EnvParser
+from kubekit.cli import LOG_LEVELS, ConfigError, EnvParser, fail, kube_client
 
 from .server import ServerSettings, WebhookServer
 from .vmgroup import Policy
@@ -40,7 +40,8 @@ def parser() -> argparse.ArgumentParser:
     add("max-replicas", defaults.max_replicas,
         "policy: most VMs in one group (default: %(default)s)", int)
     add("default-template", "", "template for groups that name none (default: none)")
-    add("log-level", "info", "debug, info, warning or error (default: %(default)s)")
+    add("log-level", "info", "debug, info, warning or error (default: %(default)s)",
+        choices=LOG_LEVELS)
     add("namespace", "", "namespace of the initializer ConfigMaps, the operator's own; "
         "never injected (default: none, no initializers)")
     add("kubeconfig", "", "kubeconfig for the ConfigMap watch (default: the Pod's account)")
@@ -63,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"vmgroup-webhook: {exc}", file=sys.stderr)
         return 2
+    if args.namespace:  # each worker watches the initializers: fail here, once, not in each
+        try:
+            kube_client(args.kubeconfig, f"--kubeconfig or {ENV_PREFIX}KUBECONFIG").close()
+        except ConfigError as exc:
+            fail("vmgroup-webhook", str(exc))
     # Workers share metrics through files here; it must exist, empty, before any worker starts
     # (and before prometheus_client is imported: the workers import it in WebhookServer.load).
     own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ

@@ -22,6 +22,7 @@ from gunicorn.app.base import BaseApplication
 from initializers.inject import DEFAULT_PREFIX
 from initializers.registry import Registry
 from kubekit import logs
+from kubekit.cli import kube_client
 
 from .admission import DEFAULT_MAX_REQUEST_BYTES
 from .registration import SYSTEM_NAMESPACES
@@ -162,16 +163,12 @@ def start_initializer_watch(settings: ServerSettings) -> Registry:
     if not settings.namespace:
         registry.replace([])
         return registry
-    from kubernetes import client, config  # noqa: PLC0415 - only workers that watch pay for it
+    from kubernetes import client  # noqa: PLC0415 - only workers that watch pay for it
 
     from . import metrics  # noqa: PLC0415
     from .initializer_watch import ConfigMapWatcher  # noqa: PLC0415
 
-    if settings.kubeconfig:
-        api = config.new_client_from_config(config_file=settings.kubeconfig)
-    else:
-        config.load_incluster_config()
-        api = client.ApiClient()
+    api = kube_client(settings.kubeconfig, "--kubeconfig")  # checked by main() already
 
     def count() -> None:
         snapshot = registry.snapshot()
