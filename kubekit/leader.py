@@ -2,9 +2,12 @@
 several controller replicas can run and only one acts.
 
 The holder renews the Lease every `retry` seconds; a candidate takes it over once it has not
-been renewed for `duration` seconds. On SIGTERM the holder releases it (empty holder, 1 s
-duration), so a successor starts at once instead of after a full lease duration. Optimistic
-concurrency (resourceVersion) means two candidates can never both win one round.
+seen the Lease change for `duration` seconds. That is measured on the candidate's own monotonic
+clock from when it last saw the record change, never from the times written in the Lease (as
+client-go does): replicas whose wall clocks differ, by seconds or by hours, still agree on who
+leads. On SIGTERM the holder releases it (empty holder, 1 s duration), so a successor starts at
+once instead of after a full lease duration. Optimistic concurrency (resourceVersion) means two
+candidates can never both win one round.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -24,17 +29,40 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def _record(spec: client.V1LeaseSpec) -> tuple[Any, ...]:
+    return (spec.holder_identity, spec.renew_time, spec.acquire_time, spec.lease_transitions,
+            spec.lease_duration_seconds)
+
+
 class LeaseElector:
     def __init__(self, api: client.ApiClient, namespace: str, name: str, identity: str, *,
-                 duration: int = 15, renew_deadline: float = 10.0, retry: float = 2.0) -> None:
+                 duration: int = 15, renew_deadline: float = 10.0, retry: float = 2.0,
+                 wall_clock: Callable[[], datetime.datetime] = _now,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._api = client.CoordinationV1Api(api)
         self.namespace, self.name, self.identity = namespace, name, identity
         self._duration, self._deadline, self._retry = duration, renew_deadline, retry
+        # The wall clock only writes the times into the Lease; expiry is judged on `clock`.
+        self._wall_clock, self._clock = wall_clock, clock
         self.leading = threading.Event()
+        self._observed: tuple[Any, ...] | None = None  # the record as this candidate last saw it
+        self._observed_at = 0.0  # when it last changed, on this candidate's monotonic clock
+
+    def _observe(self, spec: client.V1LeaseSpec) -> None:
+        if (record := _record(spec)) != self._observed:
+            self._observed, self._observed_at = record, self._clock()
+
+    def _held_by_another(self, spec: client.V1LeaseSpec) -> bool:
+        """Whether someone else holds the Lease: it names a holder, and this candidate has seen
+        the record change within its duration."""
+        self._observe(spec)
+        duration = spec.lease_duration_seconds or self._duration
+        return bool(spec.holder_identity) and spec.holder_identity != self.identity and (
+            self._clock() < self._observed_at + duration)
 
     def _try(self) -> bool:
         """One round: create, take over or renew the Lease; False when another holds it."""
-        now = _now()
+        now = self._wall_clock()
         try:
             lease = self._api.read_namespaced_lease(self.name, self.namespace)
         except ApiException as exc:
@@ -54,10 +82,7 @@ class LeaseElector:
         spec = lease.spec or client.V1LeaseSpec()
         lease.spec = spec
         holder = spec.holder_identity
-        renewed = spec.renew_time or spec.acquire_time
-        expired = renewed is None or renewed + datetime.timedelta(
-            seconds=spec.lease_duration_seconds or self._duration) < now
-        if holder and holder != self.identity and not expired:
+        if self._held_by_another(spec):
             return False
         if holder != self.identity:
             spec.acquire_time = now
@@ -65,11 +90,12 @@ class LeaseElector:
         spec.holder_identity, spec.renew_time = self.identity, now
         spec.lease_duration_seconds = self._duration
         try:
-            self._api.replace_namespaced_lease(self.name, self.namespace, lease)
+            written = self._api.replace_namespaced_lease(self.name, self.namespace, lease)
         except ApiException as exc:
             if exc.status == 409:  # changed since we read it: someone else moved first
                 return False
             raise
+        self._observe(written.spec or spec)
         return True
 
     def acquire(self, stop: threading.Event) -> bool:
@@ -88,15 +114,15 @@ class LeaseElector:
         """Renew in a thread until `stop`; call `lost` if renewing fails past the deadline."""
 
         def renew() -> None:
-            last = _now()
+            last = self._clock()
             while not stop.wait(self._retry):
                 try:
                     if self._try():
-                        last = _now()
+                        last = self._clock()
                         continue
                 except Exception as exc:
                     log.warning("lease renewal failed", extra={"error": repr(exc)})
-                if (_now() - last).total_seconds() > self._deadline:
+                if self._clock() - last > self._deadline:
                     self.leading.clear()
                     lost()
                     return
@@ -116,7 +142,7 @@ class LeaseElector:
             if spec is not None and spec.holder_identity == self.identity:
                 spec.holder_identity = None
                 spec.lease_duration_seconds = 1
-                spec.renew_time = _now()
+                spec.renew_time = self._wall_clock()
                 self._api.replace_namespaced_lease(self.name, self.namespace, lease)
         except ApiException as exc:
             log.warning("could not release the lease", extra={"status": exc.status})
