@@ -107,7 +107,8 @@ class Reconciler:
             previous = obj.get("status") or {}
             known = Status(ERROR, int(previous.get("currentReplicas", 0)),
                            int((obj.get("spec") or {}).get("replicas", 0)), str(exc))
-            self._write_status(obj, status_mod.build(known, generation=_generation(obj),
+            self._write_status(obj, status_mod.build(known, name=obj["metadata"]["name"],
+                                                     generation=_generation(obj),
                                                      previous=previous, now=_now(),
                                                      error=str(exc)))
             raise
@@ -130,7 +131,8 @@ class Reconciler:
             result = plan(group, observed)
         metrics.observed_vms((group.namespace, group.name),
                              sum(vm.owner_uid == group.uid for vm in observed))
-        self._write_status(obj, status_mod.build(result.status, generation=_generation(obj),
+        self._write_status(obj, status_mod.build(result.status, name=group.name,
+                                                 generation=_generation(obj),
                                                  previous=obj.get("status"), now=_now()))
         return Outcome(converged=result.converged)
 

@@ -17,6 +17,7 @@ from vmgroup_api import (
     PROGRESSING,
     READY,
     RUNNING,
+    selector,
 )
 
 from .planner import Status
@@ -40,9 +41,10 @@ def _condition(kind: str, true: bool, reason: str, message: str, *, generation: 
             "observedGeneration": generation, "lastTransitionTime": since or now}
 
 
-def build(result: Status, *, generation: int, previous: Mapping[str, Any] | None, now: str,
-          error: str | None = None) -> dict[str, Any]:
-    """The status for a reconcile that planned `result`, or failed with `error`."""
+def build(result: Status, *, name: str, generation: int, previous: Mapping[str, Any] | None,
+          now: str, error: str | None = None) -> dict[str, Any]:
+    """The status of group `name` for a reconcile that planned `result`, or failed with
+    `error`."""
     previous = previous or {}
     phase = ERROR if error else result.phase
     message = _short(error or result.message)
@@ -56,6 +58,7 @@ def build(result: Status, *, generation: int, previous: Mapping[str, Any] | None
         "desiredReplicas": result.desired_replicas,
         "lastMessage": message,
         "observedGeneration": generation,
+        "selector": selector(name),
         "conditions": [
             _condition(READY, ready, ready_reason, message, generation=generation,
                        previous=previous, now=now),

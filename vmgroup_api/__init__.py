@@ -38,6 +38,12 @@ def template_problem(template: str) -> str | None:
     return None
 
 
+def selector(name: str) -> str:
+    """The group's label selector, as its scale subresource reports it (status.selector): what
+    an autoscaler asks for, even when it scales on external or object metrics."""
+    return f"{GROUP}/vmgroup={name}"
+
+
 # --- ownership -------------------------------------------------------------------------------
 FINALIZER: Final = f"{GROUP}/vms"  # held while a group may still own VMs in vCenter
 OWNER_KEY: Final = "vmgroup.codeconnect.vmworld.com.uid"  # VM extraConfig key: the group's UID
@@ -52,5 +58,5 @@ __all__ = [
     "API_VERSION", "CRD_NAME", "DEFAULTS", "DELETING", "ERROR", "FINALIZER", "GROUP",
     "HARD_BOUNDS", "KIND", "MAX_MESSAGE", "MAX_VSPHERE_NAME", "OWNER_KEY", "PENDING", "PHASES",
     "PLURAL", "PROGRESSING", "READY", "RUNNING", "SHORT_NAME", "TEMPLATE_FORBIDDEN", "VERSION",
-    "longest_vm_name", "ordinal", "template_problem", "vm_name",
+    "longest_vm_name", "ordinal", "selector", "template_problem", "vm_name",
 ]

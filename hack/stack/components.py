@@ -283,6 +283,8 @@ class KubeControllerManager:
             f"--service-account-private-key-file={pki.sa_key}",
             f"--root-ca-file={pki.ca}",
             "--leader-elect=false",
+            # The HPA controller looks at its targets every 2 s, not 15: tests do not wait.
+            "--horizontal-pod-autoscaler-sync-period=2s",
             # No cloud, no volumes; without a node, node lifecycle would only log noise (with
             # one, it lifts the not-ready taint that keeps Pods Pending).
             "--controllers=*,-nodeipam,-cloud-node-lifecycle,-persistentvolume-binder,"

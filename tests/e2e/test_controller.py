@@ -110,6 +110,55 @@ def test_example_converges_scales_resizes_and_deletes(stack: LocalStack,
     assert vcenter.group_folder(group) is None
 
 
+HPA = """
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: vg-1}
+spec:
+  scaleTargetRef: {apiVersion: vm.codeconnect.vmworld.com/v1alpha1, kind: VmGroup, name: vg-1}
+  minReplicas: 1
+  maxReplicas: 4
+  metrics:
+    - type: External
+      external:
+        metric: {name: requests_waiting}
+        target: {type: AverageValue, averageValue: "10"}
+"""
+
+
+def test_an_hpa_drives_a_vmgroup(stack: LocalStack) -> None:
+    """The real kube-controller-manager's HPA controller on a VmGroup's scale subresource:
+    able to scale, no selector error, and minReplicas above the group's size scales it."""
+    run = _kubectl(stack)
+    run("create", "-f", str(EXAMPLE))
+    _wait_for_row(stack, ["vg-1", "RUNNING", "3", "3", "1", "1", "vm-operator-template",
+                          "successfully reconciled VmGroup"])
+    scale = json.loads(run("get", "--raw", f"/apis/vm.codeconnect.vmworld.com/v1alpha1/"
+                                           f"namespaces/{NAMESPACE}/vmgroups/vg-1/scale"))
+    assert scale["status"]["selector"] == "vm.codeconnect.vmworld.com/vmgroup=vg-1"
+    run("apply", "-f", "-", stdin=HPA)
+    try:
+        def conditions() -> dict[str, dict[str, Any]]:
+            hpa = json.loads(run("get", "hpa", "vg-1", "-o", "json"))
+            return {c["type"]: c for c in hpa["status"].get("conditions", [])}
+
+        # (kube-controller-manager learns of the CRD when it next refreshes its discovery)
+        poll(lambda: conditions().get("AbleToScale", {}).get("status") == "True", timeout=90,
+             what=f"the HPA to be able to scale the group (last: {conditions()})")
+        assert "selector" not in json.dumps(conditions()).lower()
+        events = run("get", "events", "--field-selector", "involvedObject.name=vg-1", "-o", "json")
+        assert not any(e["reason"] in ("InvalidSelector", "SelectorRequired")
+                       for e in json.loads(events)["items"])
+
+        run("patch", "hpa", "vg-1", "--type=merge", "-p", '{"spec": {"minReplicas": 4}}')
+        _wait_for_row(stack, ["vg-1", "RUNNING", "4", "4", "1", "1", "vm-operator-template",
+                              "successfully reconciled VmGroup"], timeout=60)
+        # and VmGroups are workloads: `kubectl get all` lists them
+        assert "vmgroup.vm.codeconnect.vmworld.com/vg-1" in run("get", "all", "-o", "name")
+    finally:
+        run("delete", "hpa", "vg-1")
+
+
 def test_a_missing_template_is_an_error_status_not_a_crash(stack: LocalStack) -> None:
     run = _kubectl(stack)
     run("create", "-f", "-", stdin=json.dumps({

@@ -28,7 +28,8 @@ def test_printer_columns_read_exactly_as_the_contract() -> None:
 def test_scale_subresource_points_at_replicas() -> None:
     scale = _version()["subresources"]["scale"]
     assert scale == {"specReplicasPath": ".spec.replicas",
-                     "statusReplicasPath": ".status.currentReplicas"}
+                     "statusReplicasPath": ".status.currentReplicas",
+                     "labelSelectorPath": ".status.selector"}  # for autoscalers
 
 
 def test_example_is_the_design_manifest() -> None:

@@ -48,19 +48,23 @@ def test_the_cache_keeps_the_newest_copy_and_queues_every_change() -> None:
 
 def test_a_message_too_long_for_the_crd_is_cut_to_fit() -> None:
     long = "é" * 2000  # 2 bytes each: the limit counts bytes
-    built = status.build(Status("ERROR", 0, 1, ""), generation=1, previous=None, now="t",
-                         error=long)
+    built = status.build(Status("ERROR", 0, 1, ""), name="vg", generation=1, previous=None,
+                         now="t", error=long)
     assert len(built["lastMessage"].encode()) <= MAX_MESSAGE
     assert built["lastMessage"].endswith("...")
     assert all(len(c["message"].encode()) <= MAX_MESSAGE for c in built["conditions"])
-    short = status.build(Status("RUNNING", 1, 1, "ok"), generation=1, previous=None, now="t")
+    short = status.build(Status("RUNNING", 1, 1, "ok"), name="vg", generation=1, previous=None,
+                         now="t")
     assert short["lastMessage"] == "ok"
 
 
 def test_an_unchanged_status_is_equal_to_the_stored_one() -> None:
     """What keeps the controller from writing (and waking itself) when nothing changed."""
-    first = status.build(Status("RUNNING", 3, 3, "ok"), generation=2, previous=None, now="t1")
-    again = status.build(Status("RUNNING", 3, 3, "ok"), generation=2, previous=first, now="t2")
+    first = status.build(Status("RUNNING", 3, 3, "ok"), name="vg", generation=2,
+                         previous=None, now="t1")
+    again = status.build(Status("RUNNING", 3, 3, "ok"), name="vg", generation=2,
+                         previous=first, now="t2")
     assert again == first
-    changed = status.build(Status("PENDING", 2, 3, "x"), generation=3, previous=first, now="t3")
+    changed = status.build(Status("PENDING", 2, 3, "x"), name="vg", generation=3,
+                           previous=first, now="t3")
     assert changed["conditions"][0]["lastTransitionTime"] == "t3"
