@@ -92,8 +92,11 @@ def _worker(queue: Any, reconciler: Any, log: logging.Logger) -> Callable[[], No
             try:
                 outcome = reconciler.reconcile(*key)
                 queue.forget(key)
-                metrics.RECONCILES.labels(
-                    "converged" if outcome.converged else "progressing").inc()
+                result = "converged" if outcome.converged else "progressing"
+                metrics.RECONCILES.labels(result).inc()
+                log.debug("reconciled", extra={
+                    "vmgroup": "/".join(key), "result": result,
+                    "duration": round(time.perf_counter() - started, 3)})
                 if not outcome.converged:
                     queue.add_after(key, 1.0)
             except Exception as exc:

@@ -44,6 +44,18 @@ def newer(candidate: dict[str, Any], current: dict[str, Any] | None) -> bool:
     return a is None or b is None or a >= b
 
 
+def wants_work(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether a change asks the controller to act: spec (the generation), deletion or
+    finalizers. A status change (our own write coming back through the watch) does not: the
+    controller wrote it, and vCenter's changes come through the feed."""
+    def what_counts(obj: dict[str, Any]) -> tuple[Any, ...]:
+        meta = obj.get("metadata") or {}
+        return (meta.get("generation"), meta.get("deletionTimestamp"), meta.get("finalizers"),
+                meta.get("uid"))
+
+    return what_counts(before) != what_counts(after)
+
+
 class VmGroupInformer(ListWatcher):
     what = "vmgroups"
 
@@ -91,8 +103,10 @@ class VmGroupInformer(ListWatcher):
         if (key := key_of(obj)) is None:
             return
         with self._lock:
+            before = self._objects.get(key)
             if kind == "DELETED":
                 self._objects.pop(key, None)
-            elif newer(obj, self._objects.get(key)):
+            elif newer(obj, before):
                 self._objects[key] = obj
-        self._queue.add(key)
+        if kind == "DELETED" or before is None or wants_work(before, obj):
+            self._queue.add(key)

@@ -10,6 +10,8 @@ to retry with backoff.
 from __future__ import annotations
 
 import datetime
+import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +47,8 @@ from .planner import (
     plan,
 )
 from .vsphere import VSphere, VSphereError
+
+log = logging.getLogger("vmgroup.controller")
 
 VM_ACTIONS = (Clone, PowerOn, Reconfigure, Destroy)
 
@@ -100,7 +104,12 @@ class Reconciler:
             if not group.deleting and not group.has_finalizer:
                 self._patch_finalizers(obj, [*(obj["metadata"].get("finalizers") or []),
                                              FINALIZER])
-                return Outcome(converged=False)  # our own update brings us back
+                # Carry on with what the write returned: the watch's echo of our own change
+                # wakes nobody (informer.wants_work), and a second reconcile would be waste.
+                obj = self._store.get((namespace, name)) or obj
+                group = to_group(obj)
+                if not group.has_finalizer:
+                    return Outcome(converged=False)
             return self._act(obj, group)
         except VSphereError as exc:
             self._event(obj, "Warning", "ReconcileFailed", str(exc))
@@ -142,10 +151,24 @@ class Reconciler:
         is carried out or fails on its own; the first failure is raised after all are done."""
         if not actions:
             return
+        def logged(action: Action) -> None:
+            """One structured line per VM action and its outcome."""
+            started = time.perf_counter()
+            fields = {"vmgroup": f"{group.namespace}/{group.name}",
+                      "vm": getattr(action, "name", ""), "action": type(action).__name__}
+            try:
+                vsphere.execute(group, action)
+            except Exception as exc:
+                log.warning("vm action failed", extra={
+                    **fields, "duration": round(time.perf_counter() - started, 3),
+                    "result": "error", "error": str(exc)})
+                raise
+            log.info("vm action", extra={**fields, "result": "success",
+                                         "duration": round(time.perf_counter() - started, 3)})
+
         with ThreadPoolExecutor(max_workers=min(len(actions), self._parallel),
                                 thread_name_prefix="vm-action") as pool:
-            futures = [(action, pool.submit(vsphere.execute, group, action))
-                       for action in actions]
+            futures = [(action, pool.submit(logged, action)) for action in actions]
         failures = []
         for action, future in futures:
             if (exc := future.exception()) is not None:

@@ -5,6 +5,8 @@
   again when that work is done, so no change is lost.
 - A failed key comes back after a per-key exponential backoff with a cap; a success forgets
   its failures.
+- A key waits for a later time at most once, for the earliest time asked: failures that come
+  in a burst do not each bring it back.
 """
 
 from __future__ import annotations
@@ -27,14 +29,15 @@ class WorkQueue(Generic[K]):
         self._queued: set[K] = set()  # in _ready
         self._active: set[K] = set()  # handed out, not yet done
         self._again: set[K] = set()  # added while active: requeue when done
-        self._later: list[tuple[float, int, K]] = []  # (due, seq, key) heap
+        self._later: list[tuple[float, int, K]] = []  # (due, seq, key) heap; may hold stale
+        self._due: dict[K, float] = {}  # the one time each waiting key is due
         self._seq = 0
         self._failures: dict[K, int] = {}
         self._closed = False
 
     def __len__(self) -> int:
         with self._cond:
-            return len(self._ready) + len(self._later)
+            return len(self._ready) + len(self._due)
 
     def _offer(self, key: K) -> None:
         """Queue `key` once; if a worker has it now, queue it again when that work is done.
@@ -51,9 +54,14 @@ class WorkQueue(Generic[K]):
             self._offer(key)
 
     def add_after(self, key: K, delay: float) -> None:
+        """Queue `key` in `delay` seconds, unless it is due sooner already."""
         with self._cond:
+            due = self._clock() + delay
+            if self._due.get(key, float("inf")) <= due:
+                return
+            self._due[key] = due  # an earlier entry for the key in the heap is now stale
             self._seq += 1
-            heapq.heappush(self._later, (self._clock() + delay, self._seq, key))
+            heapq.heappush(self._later, (due, self._seq, key))
             self._cond.notify()
 
     def retry(self, key: K) -> float:
@@ -77,8 +85,12 @@ class WorkQueue(Generic[K]):
         """Move due delayed keys to ready; return seconds until the next one, if any."""
         now = self._clock()
         while self._later and self._later[0][0] <= now:
-            _, _, key = heapq.heappop(self._later)
-            self._offer(key)
+            due, _, key = heapq.heappop(self._later)
+            if self._due.get(key) == due:  # else a stale entry: the key was moved earlier
+                del self._due[key]
+                self._offer(key)
+        while self._later and self._due.get(self._later[0][2]) != self._later[0][0]:
+            heapq.heappop(self._later)  # drop stale heads, so the wait below is right
         return self._later[0][0] - now if self._later else None
 
     def get(self, timeout: float | None = None) -> K | None:

@@ -319,3 +319,50 @@ def test_a_standby_replica_takes_over_when_the_leader_stops(stack: LocalStack) -
     finally:
         stack.controller = standby  # the fixture's teardown stops whichever is left
         leader.process.stop()
+
+
+def test_a_fresh_group_takes_few_reconciles_and_logs_each_vm_action(stack: LocalStack) -> None:
+    """Its own status write wakes nobody, the finalizer is added in the same pass as the clones,
+    and every VM action is one structured log line."""
+    assert stack.controller is not None
+    log = stack.controller.process.log_path
+    offset = log.stat().st_size
+    _kubectl(stack)("create", "-f", str(EXAMPLE))
+    _wait_for_row(stack, _running(3))
+    with log.open() as f:
+        f.seek(offset)
+        lines = [json.loads(line) for line in f if line.startswith("{")]
+    mine = [line for line in lines if line.get("vmgroup") == f"{NAMESPACE}/vg-1"]
+    reconciles = [line for line in mine if line["msg"] in ("reconciled", "reconcile failed")]
+    print(f"reconciles of a fresh group of 3 until RUNNING: {len(reconciles)}")
+    # One does the work; the change feed's echo of our own clones may bring one or two more
+    # (each observes and writes nothing): the status write itself brings none.
+    assert 1 <= len(reconciles) <= 3
+    actions = [line for line in mine if line["msg"] == "vm action"]
+    done = sorted((a["action"], a["vm"]) for a in actions)
+    assert done == [("Clone", f"{NAMESPACE}-vg-1-{i}") for i in range(3)]  # (and power on)
+    for line in actions:
+        assert line["result"] == "success"
+        assert line["vmgroup"] == f"{NAMESPACE}/vg-1"
+        assert isinstance(line["duration"], float)
+
+
+def test_a_failing_group_makes_one_event_with_a_count(stack: LocalStack) -> None:
+    run = _kubectl(stack)
+    run("create", "-f", "-", stdin=json.dumps({
+        "apiVersion": "vm.codeconnect.vmworld.com/v1alpha1", "kind": "VmGroup",
+        "metadata": {"name": "failing"}, "spec": {"template": "no-such-template"}}))
+
+    def failures() -> list[dict[str, Any]]:
+        events = json.loads(run("get", "events", "--field-selector",
+                                "involvedObject.name=failing,reason=ReconcileFailed",
+                                "-o", "json"))["items"]
+        return list(events)
+
+    # retried with backoff (0.5 s, 1 s, 2 s, ...): after a few retries, still one Event
+    poll(lambda: (events := failures()) and events[0]["count"] >= 4, timeout=30,
+         what="the failure to be retried 4 times")
+    events = failures()
+    print(f"failing group: {len(events)} Event(s), count {events[0]['count']}")
+    assert len(events) == 1
+    run("delete", "vg", "failing", "--timeout=60s")

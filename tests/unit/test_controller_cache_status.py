@@ -8,7 +8,7 @@ import pytest
 from kubernetes import client
 
 from controller import status
-from controller.informer import VmGroupInformer, newer
+from controller.informer import VmGroupInformer, newer, wants_work
 from controller.planner import Status
 from kubekit.queue import WorkQueue
 from vmgroup_api import MAX_MESSAGE
@@ -68,3 +68,19 @@ def test_an_unchanged_status_is_equal_to_the_stored_one() -> None:
     changed = status.build(Status("PENDING", 2, 3, "x"), name="vg", generation=3,
                            previous=first, now="t3")
     assert changed["conditions"][0]["lastTransitionTime"] == "t3"
+
+
+@pytest.mark.parametrize(("change", "wanted"), [
+    ({"status": {"phase": "RUNNING"}, "metadata": {"resourceVersion": "9"}}, False),
+    ({"metadata": {"generation": 2}}, True),
+    ({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}, True),
+    ({"metadata": {"finalizers": ["vm.codeconnect.vmworld.com/vms"]}}, True),
+    ({"metadata": {"annotations": {"a": "b"}}}, False),
+])
+def test_only_changes_that_ask_for_work_wake_the_controller(change: dict[str, Any],
+                                                            wanted: bool) -> None:
+    meta: dict[str, Any] = {"namespace": "ns", "name": "vg", "uid": "u", "generation": 1,
+                            "resourceVersion": "8"}
+    before = {"metadata": meta, "spec": {"replicas": 1}}
+    after = {**before, **change, "metadata": {**meta, **change.get("metadata", {})}}
+    assert wants_work(before, after) is wanted

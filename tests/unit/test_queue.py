@@ -74,3 +74,32 @@ def test_a_blocked_worker_gets_a_key_added_later() -> None:
     queue.add("a")
     worker.join(timeout=10)
     assert got == ["a"]
+
+
+def test_a_key_waits_once_for_the_earliest_time_asked() -> None:
+    """A burst of failures (or a retry and a requeue) does not bring a key back once per call:
+    it waits in one place, the earliest."""
+    clock = Clock()
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
+    queue.add_after("a", 8)
+    queue.add_after("a", 2)  # sooner: moves it
+    queue.add_after("a", 5)  # later than it waits for already: nothing
+    assert len(queue) == 1
+    clock.now = 2.0
+    assert queue.get(0) == "a"
+    queue.done("a")
+    clock.now = 9.0  # past the stale 5 and 8: nothing more comes
+    assert queue.get(0) is None
+    assert len(queue) == 0
+
+
+def test_retries_in_a_burst_are_one_retry() -> None:
+    clock = Clock()
+    queue: WorkQueue[str] = WorkQueue(base_delay=1, clock=clock)
+    for _ in range(9):
+        queue.retry("a")  # the backoff grows, the key waits once, for the first delay
+    clock.now = 1.0
+    assert queue.get(0) == "a"
+    queue.done("a")
+    clock.now = 1000.0
+    assert queue.get(0) is None
