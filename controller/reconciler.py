@@ -13,7 +13,7 @@ import datetime
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,6 +49,7 @@ from .planner import (
 from .vsphere import VSphere, VSphereError
 
 log = logging.getLogger("vmgroup.controller")
+PROGRESS_SECONDS = 1.0  # a group's status is written at most this often while actions run
 
 VM_ACTIONS = (Clone, PowerOn, Reconfigure, Destroy)
 
@@ -122,12 +123,28 @@ class Reconciler:
                                                      error=str(exc)))
             raise
 
+    def _report(self, obj: dict[str, Any], group: Group, result: Status) -> dict[str, Any]:
+        """Write the status `result` says (when it changed); the object as it is now."""
+        return self._write_status(obj, status_mod.build(
+            result, name=group.name, generation=_generation(obj), previous=obj.get("status"),
+            now=_now()))
+
     def _act(self, obj: dict[str, Any], group: Group) -> Outcome:
         vsphere = self._vsphere()
         observed = vsphere.observe(group)
         result = plan(group, observed)
+        if result.actions:  # what is about to happen, before it takes the seconds it takes
+            obj = self._report(obj, group, result.status)
+        current = obj
+
+        def progress() -> None:  # while actions run: what is, at most once a second
+            nonlocal current
+            current = self._report(current, group, plan(group, vsphere.observe(group)).status)
+
         self._run_vm_actions(obj, group, vsphere,
-                             [a for a in result.actions if isinstance(a, VM_ACTIONS)])
+                             [a for a in result.actions if isinstance(a, VM_ACTIONS)],
+                             progress)
+        obj = current
         for action in result.actions:  # then the folder and the finalizer, in order
             if isinstance(action, DeleteFolder):
                 vsphere.execute(group, action)
@@ -140,15 +157,14 @@ class Reconciler:
             result = plan(group, observed)
         metrics.observed_vms((group.namespace, group.name),
                              sum(vm.owner_uid == group.uid for vm in observed))
-        self._write_status(obj, status_mod.build(result.status, name=group.name,
-                                                 generation=_generation(obj),
-                                                 previous=obj.get("status"), now=_now()))
+        self._report(obj, group, result.status)
         return Outcome(converged=result.converged)
 
     def _run_vm_actions(self, obj: dict[str, Any], group: Group, vsphere: VSphere,
-                        actions: list[Action]) -> None:
+                        actions: list[Action], progress: Callable[[], None]) -> None:
         """The plan's VM actions, at once: each touches another VM (planner's rule). Every one
-        is carried out or fails on its own; the first failure is raised after all are done."""
+        is carried out or fails on its own; the first failure is raised after all are done.
+        As they complete, `progress` reports, at most once a second."""
         if not actions:
             return
         def logged(action: Action) -> None:
@@ -169,6 +185,16 @@ class Reconciler:
         with ThreadPoolExecutor(max_workers=min(len(actions), self._parallel),
                                 thread_name_prefix="vm-action") as pool:
             futures = [(action, pool.submit(logged, action)) for action in actions]
+            pending, reported = {f for _, f in futures}, time.monotonic()
+            while pending:
+                _, pending = wait(pending, timeout=PROGRESS_SECONDS, return_when=FIRST_COMPLETED)
+                if pending and time.monotonic() - reported >= PROGRESS_SECONDS:
+                    reported = time.monotonic()
+                    try:
+                        progress()
+                    except (VSphereError, ApiException) as problem:  # a report, not the work
+                        log.warning("could not report progress", extra={
+                            "vmgroup": f"{group.namespace}/{group.name}", "error": str(problem)})
         failures = []
         for action, future in futures:
             if (exc := future.exception()) is not None:
@@ -193,16 +219,20 @@ class Reconciler:
             {"metadata": {"finalizers": finalizers, "resourceVersion":
                           meta["resourceVersion"]}}))
 
-    def _write_status(self, obj: dict[str, Any], new: dict[str, Any]) -> None:
+    def _write_status(self, obj: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        """Write `new` as the status (when it differs); the object as the API server has it."""
         if obj.get("status") == new:
-            return  # unchanged: no write, so no event that would bring us back
+            return obj  # unchanged: no write
         meta = obj["metadata"]
         try:
-            self._store.put(self._custom.patch_namespaced_custom_object_status(  # type: ignore[arg-type]
-                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": new}))
+            written: dict[str, Any] = self._custom.patch_namespaced_custom_object_status(  # type: ignore[assignment]
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": new})
         except ApiException as exc:
             if exc.status != 404:
                 raise
+            return obj
+        self._store.put(written)
+        return written
 
     def _event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
         self._events.record({"apiVersion": API_VERSION, "kind": KIND, **obj}, kind, reason,

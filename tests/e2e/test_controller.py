@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from controller.planner import Group, Vm
 from controller.vsphere import VCenterConfig, VSphere
-from hack.stack import REPO, LocalStack, poll, vsphere
+from hack.stack import REPO, LocalStack, binary, poll, vsphere
 from hack.stack.components import Controller, kubectl
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
@@ -366,3 +367,32 @@ def test_a_failing_group_makes_one_event_with_a_count(stack: LocalStack) -> None
     print(f"failing group: {len(events)} Event(s), count {events[0]['count']}")
     assert len(events) == 1
     run("delete", "vg", "failing", "--timeout=60s")
+
+
+def test_the_status_tells_the_truth_while_work_happens(stack: LocalStack) -> None:
+    """What `kubectl get vg -w` shows during a slow scale-up (clones take 0.5 s, 2 at a time)
+    and a deletion: the plan before its actions, progress while they run, DELETING at once."""
+    run = _kubectl(stack)
+    run("create", "-f", str(EXAMPLE))
+    _wait_for_row(stack, _running(3))
+    watch = subprocess.Popen(
+        [binary("kubectl"), f"--kubeconfig={stack.kubeconfig}", "-n", NAMESPACE, "get", "vg",
+         "vg-1", "-w", "--no-headers"], stdout=subprocess.PIPE, text=True)
+    try:
+        run("scale", "vg", "vg-1", "--replicas=8")
+        _wait_for_row(stack, _running(8))
+        run("delete", "vg", "vg-1", "--timeout=60s")
+    finally:
+        watch.terminate()
+        transcript, _ = watch.communicate(timeout=10)
+    print("kubectl get vg -w:\n" + transcript)
+    rows = [line.split(None, 7) for line in transcript.splitlines() if line.strip()]
+    phases = [(r[1], int(r[2]), int(r[3])) for r in rows]
+    first_after_scale = next(p for p in phases if p[2] == 8)
+    assert first_after_scale[0] == "PENDING"  # the plan, before its clones finish
+    assert first_after_scale[1] == 3
+    assert any(p[0] == "PENDING" and 3 < p[1] < 8 for p in phases)  # progress, as they finish
+    assert ("RUNNING", 8, 8) in phases
+    deleting = [p for p in phases if p[0] == "DELETING"]
+    assert deleting
+    assert deleting[0][1] > 0  # said before the VMs were gone
