@@ -200,7 +200,9 @@ def test_certificate_rotates_without_restart_and_sigterm_is_graceful(tmp_path: P
     with _own_webhook(tmp_path) as (webhook, ca, authority):
         cert = (tmp_path / "tls.crt", tmp_path / "tls.key")
         first = _served_serial(webhook, ca)
-        workers = _worker_pids(webhook)
+        # (ready means one worker answers; gunicorn may still be forking the second)
+        workers = poll(lambda: len(w := _worker_pids(webhook)) == 2 and w, timeout=30,
+                       what="both workers")
         new = authority.serving("webhook")
         # Write to temporary files and rename, as a kubelet updates a mounted Secret.
         new.write(tmp_path, "next")
