@@ -34,9 +34,6 @@ from .registry import Snapshot
 from .spec import Initializer
 
 DEFAULT_PREFIX = "initializer.kubernetes.io/"
-# Records what was injected (initializers.record). Outside the request prefix, so it is never
-# read as a request for an initializer called "status".
-STATUS_ANNOTATION = RECORD_ANNOTATION
 
 
 class InjectionConflict(ValueError):
@@ -204,6 +201,7 @@ class Result:
     annotations: dict[str, Any]
     labels: dict[str, Any]
     spec: dict[str, Any]
+    record: dict[str, Added]  # what is injected now, as the annotation says
     stripped: bool  # something was taken out: lists may have shrunk
     warnings: tuple[str, ...]
 
@@ -266,7 +264,7 @@ def reconcile(annotations: Mapping[str, Any] | None, labels: Mapping[str, Any] |
         new_annotations[RECORD_ANNOTATION] = dump_record(kept)
     else:
         new_annotations.pop(RECORD_ANNOTATION, None)
-    return Result(new_annotations, with_version_labels(labels, kept), spec,
+    return Result(new_annotations, with_version_labels(labels, kept), spec, kept,
                   stripped=len(kept) < len(record) or any(
                       kept.get(n) != record[n] for n in record if n in kept),
                   warnings=tuple(warnings))

@@ -189,8 +189,7 @@ def _patch(obj: dict[str, Any], kind: tuple[str, str], prefix: tuple[str, ...],
     ops = [{**op, "path": base + op["path"]} for op in ops]
     if kind != POD:  # the workload too carries the version labels, for `kubectl get -L`
         workload = _dict(obj.get("metadata"))
-        labels = with_version_labels(workload.get("labels"), parse_record(
-            result.annotations.get(RECORD_ANNOTATION)))
+        labels = with_version_labels(workload.get("labels"), result.record)
         if "metadata" not in obj:
             ops += [{"op": "add", "path": "/metadata", "value": {"labels": labels}}] \
                 if labels else []

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from hack.stack import poll
 from hack.stack.components import Webhook
 from hack.stack.workloads import LOGGING_AGENT, configmap, deployment, pod
-from initializers.inject import STATUS_ANNOTATION
-from initializers.record import parse_record, version_label, version_of
+from initializers.record import RECORD_ANNOTATION, parse_record, version_label, version_of
 from initializers.spec import parse
 from tests.conftest import Kubectl
 
@@ -70,7 +69,7 @@ def test_deployment_of_the_original_pattern_gets_the_sidecar(
     assert template["spec"]["volumes"][0]["name"] == "varlog"
     assert {"name": "varlog", "mountPath": "/var/log"} in \
         template["spec"]["containers"][0]["volumeMounts"]
-    assert list(parse_record(template["metadata"]["annotations"][STATUS_ANNOTATION])) == [
+    assert list(parse_record(template["metadata"]["annotations"][RECORD_ANNOTATION])) == [
         "logging-agent"]
 
     # kube-controller-manager makes a ReplicaSet of it, and the webhook leaves that alone.
@@ -126,7 +125,7 @@ def test_an_edited_initializer_rolls_out_with_rollout_restart(
     kubectl("rollout", "restart", "-n", namespace, "deployment/web")
     template = _deployment(kubectl, namespace)["spec"]["template"]
     assert _sidecar_images(template) == ["fluent/fluent-bit:3.2"]
-    record = parse_record(template["metadata"]["annotations"][STATUS_ANNOTATION])
+    record = parse_record(template["metadata"]["annotations"][RECORD_ANNOTATION])
     assert record["logging-agent"].version == _version(newer)
     assert template["metadata"]["labels"][version_label("logging-agent")] == _version(newer)
     assert "fluent/fluent-bit:3.1" not in json.dumps(template)
@@ -155,7 +154,7 @@ def test_opting_out_on_the_workload_strips_what_was_injected(
     assert "initContainers" not in template["spec"]
     assert "volumes" not in template["spec"]
     assert "env" not in template["spec"]["containers"][0]
-    assert STATUS_ANNOTATION not in (template["metadata"].get("annotations") or {})
+    assert RECORD_ANNOTATION not in (template["metadata"].get("annotations") or {})
     assert version_label("logging-agent") not in template["metadata"]["labels"]
 
 
@@ -176,7 +175,7 @@ def test_removing_the_record_by_hand_is_no_conflict(
     """It was a 409: the sidecar the API server had defaulted no longer equalled the
     initializer's, so injecting again looked like a clash."""
     _create(kubectl, namespace, deployment("web", annotations=ASK))
-    key = STATUS_ANNOTATION.replace("/", "~1")
+    key = RECORD_ANNOTATION.replace("/", "~1")
     removed = kubectl("patch", "-n", namespace, "deployment/web", "--type=json", "-p",
                       json.dumps([{"op": "remove",
                                    "path": f"/spec/template/metadata/annotations/{key}"}]),
@@ -184,7 +183,7 @@ def test_removing_the_record_by_hand_is_no_conflict(
     assert removed.returncode == 0, removed.stderr
     template = _deployment(kubectl, namespace)["spec"]["template"]
     assert [c["name"] for c in template["spec"]["containers"]] == ["app", "logging-agent"]
-    assert list(parse_record(template["metadata"]["annotations"][STATUS_ANNOTATION])) == [
+    assert list(parse_record(template["metadata"]["annotations"][RECORD_ANNOTATION])) == [
         "logging-agent"]
 
 
@@ -200,7 +199,7 @@ def test_unannotated_pod_is_not_even_sent_to_the_webhook(
         kubectl: Kubectl, logging_agent: str, namespace: str, vmgroup_webhook: Webhook) -> None:
     created = json.loads(_create(kubectl, namespace, pod("plain")).stdout)
     assert [c["name"] for c in created["spec"]["containers"]] == ["app"]
-    assert STATUS_ANNOTATION not in (created["metadata"].get("annotations") or {})
+    assert RECORD_ANNOTATION not in (created["metadata"].get("annotations") or {})
     log = vmgroup_webhook.process.log_path.read_text()
     assert not any('"object": "plain"' in line and namespace in line
                    for line in log.splitlines())  # matchConditions kept it from us
@@ -285,7 +284,7 @@ volumes = st.lists(st.builds(lambda n: {"name": n, "emptyDir": {}},
 annotation_values = st.sampled_from(["true", "false", "yes", "", "TRUE"]) | st.text(max_size=5)
 random_annotations = st.dictionaries(
     st.sampled_from(["initializer.kubernetes.io/logging-agent", "initializer.kubernetes.io/x",
-                     "example.com/other", STATUS_ANNOTATION]), annotation_values, max_size=3)
+                     "example.com/other", RECORD_ANNOTATION]), annotation_values, max_size=3)
 
 
 @settings(max_examples=40, deadline=None,

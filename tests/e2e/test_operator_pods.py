@@ -16,7 +16,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ class Cluster:
     operator: Operator
     api: client.ApiClient
     image_ref: str
-    started: float = field(default_factory=time.monotonic)
 
     def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
         return self.operator.kubectl(*args, check=check, stdin=stdin).stdout

@@ -12,13 +12,12 @@ import pytest
 from hack.stack.reviews import patched, review
 from hack.stack.workloads import LOGGING_AGENT, configmap, deployment, pod
 from initializers.inject import (
-    STATUS_ANNOTATION,
     BadRequest,
     InjectionConflict,
     merge,
     requested,
 )
-from initializers.record import parse_record
+from initializers.record import RECORD_ANNOTATION, parse_record
 from initializers.registry import Registry
 from initializers.spec import InvalidInitializer, initializer_name, parse
 from webhook.admission import parse_review
@@ -197,7 +196,7 @@ def test_annotated_pod_gets_sidecar_init_container_and_status() -> None:
     result = patched(original, response)
     assert [c["name"] for c in result["spec"]["containers"]] == ["app", "logging-agent"]
     assert [c["name"] for c in result["spec"]["initContainers"]] == ["log-setup"]
-    record = result["metadata"]["annotations"][STATUS_ANNOTATION]
+    record = result["metadata"]["annotations"][RECORD_ANNOTATION]
     assert list(parse_record(record)) == ["logging-agent"]
     ops = json.loads(base64.b64decode(response["patch"]))
     # JSON Pointer escapes "/" as "~1"; the annotations map itself is never replaced.
@@ -232,7 +231,7 @@ def test_deployment_with_the_request_on_its_own_metadata_gets_its_template_injec
     result = patched(original, _handle(original, DEPLOYMENT_KIND))
     template = result["spec"]["template"]
     assert [c["name"] for c in template["spec"]["containers"]] == ["app", "logging-agent"]
-    assert list(parse_record(template["metadata"]["annotations"][STATUS_ANNOTATION])) == [
+    assert list(parse_record(template["metadata"]["annotations"][RECORD_ANNOTATION])) == [
         "logging-agent"]
     # ... and its ReplicaSet's Pods, which inherit the template, are left alone.
     child = pod(annotations={**ASK, **template["metadata"]["annotations"]})
@@ -248,7 +247,7 @@ def test_template_request_and_several_initializers() -> None:
     template = result["spec"]["template"]
     assert [c["name"] for c in template["spec"]["containers"]] == [
         "app", "logging-agent", "exporter"]
-    assert list(parse_record(template["metadata"]["annotations"][STATUS_ANNOTATION])) == [
+    assert list(parse_record(template["metadata"]["annotations"][RECORD_ANNOTATION])) == [
         "logging-agent", "metrics"]
 
 
