@@ -25,7 +25,10 @@ from .vsphere import PC, VCenterConfig, VSphere, VSphereError
 log = logging.getLogger("vmgroup.controller.feed")
 
 Key = tuple[str, str]
-WATCHED = ["parent", "runtime.powerState", "config.hardware.numCPU", "config.hardware.memoryMB"]
+# The guest's primary address too: it comes a while after power-on (when VMware Tools starts),
+# and status.vms should show it.
+WATCHED = ["parent", "runtime.powerState", "config.hardware.numCPU", "config.hardware.memoryMB",
+           "guest.ipAddress"]
 MAX_WAIT_SECONDS = 60  # a long poll answers at least this often, so a dead link is noticed
 
 

@@ -54,6 +54,11 @@ class Vm:
     powered_on: bool
     cpu: int
     memory_mb: int
+    # For status.vms only; the decisions never look at them.
+    power_state: str = ""  # vCenter's: poweredOn, poweredOff or suspended
+    addresses: tuple[str, ...] = ()  # as the guest reports them (VMware Tools), primary first
+    host: str = ""
+    instance_uuid: str = ""
 
 
 # --- actions, in the order the adapter must run them ----------------------------------------

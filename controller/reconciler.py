@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -44,6 +44,7 @@ from .planner import (
     Reconfigure,
     RemoveFinalizer,
     Status,
+    Vm,
     plan,
 )
 from .vsphere import VSphere, VSphereError
@@ -123,23 +124,25 @@ class Reconciler:
                                                      error=str(exc)))
             raise
 
-    def _report(self, obj: dict[str, Any], group: Group, result: Status) -> dict[str, Any]:
-        """Write the status `result` says (when it changed); the object as it is now."""
+    def _report(self, obj: dict[str, Any], group: Group, observed: Sequence[Vm]
+                ) -> dict[str, Any]:
+        """Write the status `observed` makes (when it changed); the object as it is now."""
         return self._write_status(obj, status_mod.build(
-            result, name=group.name, generation=_generation(obj), previous=obj.get("status"),
-            now=_now()))
+            plan(group, observed).status, name=group.name, generation=_generation(obj),
+            previous=obj.get("status"), now=_now(),
+            vms=status_mod.vm_view(group.namespace, group.name, group.uid, observed)))
 
     def _act(self, obj: dict[str, Any], group: Group) -> Outcome:
         vsphere = self._vsphere()
         observed = vsphere.observe(group)
         result = plan(group, observed)
         if result.actions:  # what is about to happen, before it takes the seconds it takes
-            obj = self._report(obj, group, result.status)
+            obj = self._report(obj, group, observed)
         current = obj
 
         def progress() -> None:  # while actions run: what is, at most once a second
             nonlocal current
-            current = self._report(current, group, plan(group, vsphere.observe(group)).status)
+            current = self._report(current, group, vsphere.observe(group))
 
         self._run_vm_actions(obj, group, vsphere,
                              [a for a in result.actions if isinstance(a, VM_ACTIONS)],
@@ -157,7 +160,7 @@ class Reconciler:
             result = plan(group, observed)
         metrics.observed_vms((group.namespace, group.name),
                              sum(vm.owner_uid == group.uid for vm in observed))
-        self._report(obj, group, result.status)
+        self._report(obj, group, observed)
         return Outcome(converged=result.converged)
 
     def _run_vm_actions(self, obj: dict[str, Any], group: Group, vsphere: VSphere,

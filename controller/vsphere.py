@@ -49,7 +49,9 @@ log = logging.getLogger("vmgroup.controller.vsphere")
 TASK_TIMEOUT = 600.0
 TASK_WAIT_SECONDS = 10  # one long poll for a task's state answers at least this often
 VM_PROPERTIES = ["name", "runtime.powerState", "config.hardware.numCPU",
-                 "config.hardware.memoryMB", "config.extraConfig"]
+                 "config.hardware.memoryMB", "config.extraConfig",
+                 # for status.vms: what a user asks first about a VM
+                 "guest.ipAddress", "guest.net", "runtime.host", "config.instanceUuid"]
 TASK_PROPERTIES = ["info.state", "info.error", "info.result"]
 PC = vmodl.query.PropertyCollector
 
@@ -132,6 +134,14 @@ def connect(config: VCenterConfig, *, timeout: float | None = None,
     except Exception as exc:  # pyVim's "is down or is not a VIM server", HTTP errors
         raise VSphereError(f"cannot talk to vCenter {config.host}: {exc}") from None
     return si
+
+
+def _addresses(props: dict[str, Any]) -> tuple[str, ...]:
+    """The guest's IP addresses as VMware Tools reports them: the primary one first, then every
+    other address of every NIC, once each."""
+    found = [props.get("guest.ipAddress") or ""]
+    found += [ip for nic in props.get("guest.net") or [] for ip in nic.ipAddress or []]
+    return tuple(dict.fromkeys(ip for ip in found if ip))
 
 
 def _task_error(fault: Any) -> VSphereError:
@@ -310,11 +320,20 @@ class VSphere:
             props = {p.name: p.val for p in obj.propSet}
             owner = next((o.value for o in props.get("config.extraConfig") or []
                           if o.key == OWNER_KEY), None)
-            vms.append(Vm(name=props["name"], owner_uid=owner,
-                          powered_on=props.get("runtime.powerState") == "poweredOn",
+            power = str(props.get("runtime.powerState") or "")
+            vms.append(Vm(name=props["name"], owner_uid=owner, powered_on=power == "poweredOn",
                           cpu=int(props.get("config.hardware.numCPU", 0)),
-                          memory_mb=int(props.get("config.hardware.memoryMB", 0))))
+                          memory_mb=int(props.get("config.hardware.memoryMB", 0)),
+                          power_state=power, addresses=_addresses(props),
+                          host=self._host_name(props.get("runtime.host")),
+                          instance_uuid=str(props.get("config.instanceUuid") or "")))
         return vms
+
+    def _host_name(self, host: Any) -> str:
+        """The name of a host, asked once per host (hosts are renamed only by hand)."""
+        if host is None:
+            return ""
+        return str(self._remember(("host", host._moId), lambda: host.name))
 
     def _relogin(self) -> None:
         """Log in again on the next call; the old session's collectors went with it."""

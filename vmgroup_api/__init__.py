@@ -53,10 +53,17 @@ PENDING, RUNNING, ERROR, DELETING = "PENDING", "RUNNING", "ERROR", "DELETING"
 PHASES: Final = (PENDING, RUNNING, ERROR, DELETING)
 READY, PROGRESSING = "Ready", "Progressing"  # metav1.Condition types
 MAX_MESSAGE: Final = 1024  # the CRD's bound on status.lastMessage (a longer one is refused, 422)
+# status.vms lists a group's VMs, lowest ordinal first, with at most this many entries: a group
+# may hold 45,000 VMs, and a status must stay far below what etcd accepts in one write
+# (1.5 MB); 100 entries of at most ~700 bytes is 70 kB. The rest are counted in
+# status.vmsOmitted. Each VM lists at most MAX_VM_ADDRESSES guest addresses, primary first.
+MAX_STATUS_VMS: Final = 100
+MAX_VM_ADDRESSES: Final = 4
 
 __all__ = [
     "API_VERSION", "CRD_NAME", "DEFAULTS", "DELETING", "ERROR", "FINALIZER", "GROUP",
-    "HARD_BOUNDS", "KIND", "MAX_MESSAGE", "MAX_VSPHERE_NAME", "OWNER_KEY", "PENDING", "PHASES",
-    "PLURAL", "PROGRESSING", "READY", "RUNNING", "SHORT_NAME", "TEMPLATE_FORBIDDEN", "VERSION",
+    "HARD_BOUNDS", "KIND", "MAX_MESSAGE", "MAX_STATUS_VMS", "MAX_VM_ADDRESSES",
+    "MAX_VSPHERE_NAME", "OWNER_KEY", "PENDING", "PHASES", "PLURAL", "PROGRESSING", "READY",
+    "RUNNING", "SHORT_NAME", "TEMPLATE_FORBIDDEN", "VERSION",
     "longest_vm_name", "ordinal", "selector", "template_problem", "vm_name",
 ]

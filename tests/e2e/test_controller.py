@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from controller.planner import Group, Vm
 from controller.vsphere import VCenterConfig, VSphere
 from hack.stack import REPO, LocalStack, binary, poll, vsphere
 from hack.stack.components import Controller, kubectl
+from tests.unit.test_contract import CONTRACT_COLUMNS
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
 
@@ -222,6 +224,70 @@ def test_drift_is_repaired_in_seconds_not_at_resync(stack: LocalStack, vcenter: 
     assert {(e["vmgroup"], e["kind"]) for e in feed} >= {
         (f"{NAMESPACE}/vg-1", "modify"), (f"{NAMESPACE}/vg-1", "leave")}
     run("delete", "vg", "vg-1", "--timeout=60s")
+
+
+def test_each_vm_of_a_group_is_shown_with_its_address_host_and_uuid(
+        stack: LocalStack, vcenter: VSphere) -> None:
+    """status.vms says what vCenter says of each VM: the guest addresses (reported by vcsim's
+    stand-in for VMware Tools half a second after power-on, and gone at power-off), the host,
+    the instance UUID; kubectl describe shows it, -o wide adds READY and the first address."""
+    run = _kubectl(stack)
+    run("create", "-f", str(EXAMPLE))
+    obj = json.loads(run("get", "vg", "vg-1", "-o", "json"))
+    group = Group(NAMESPACE, "vg-1", obj["metadata"]["uid"], 1, 1, 0, "")
+
+    def listed() -> list[dict[str, Any]] | None:
+        vms = json.loads(run("get", "vg", "vg-1", "-o", "json")).get("status", {}).get("vms")
+        return vms if vms and len(vms) == 3 and all(vm["ipAddresses"] for vm in vms) else None
+
+    # The addresses come after RUNNING (the guest boots): the feed brings them to the status.
+    vms = poll(listed, timeout=30, what="status.vms to list 3 VMs with their addresses")
+    truth = {vm.name: vm for vm in vcenter.observe(group)}
+    assert [vm["name"] for vm in vms] == [f"{NAMESPACE}-vg-1-{i}" for i in range(3)]
+    for entry in vms:
+        real = truth[entry["name"]]
+        assert entry == {"name": real.name, "powerState": "poweredOn", "cpu": 1,
+                         "memoryMB": 1024, "ipAddresses": list(real.addresses),
+                         "host": real.host, "instanceUUID": real.instance_uuid}
+        assert entry["host"].startswith("DC0_C0_H") and len(entry["instanceUUID"]) == 36
+    assert len({entry["ipAddresses"][0] for entry in vms}) == 3
+
+    # A VM powered off by hand: its entry says so (its address gone with the guest) until the
+    # controller has powered it on again and the guest reports the same address.
+    watch = subprocess.Popen(
+        [binary("kubectl"), f"--kubeconfig={stack.kubeconfig}", "-n", NAMESPACE, "get", "vg",
+         "vg-1", "-w", "--output-watch-events", "-o",
+         "jsonpath={.object.status.vms[0].powerState} {.object.status.vms[0].ipAddresses}\n"],
+        stdout=subprocess.PIPE, text=True)
+    assert watch.stdout is not None
+    try:
+        first = watch.stdout.readline()  # the watch is open: no change can be missed
+        vm0 = next(child for child in vcenter.group_folder(group).childEntity
+                   if child.name == vms[0]["name"])
+        vsphere.wait_for_task(vm0.PowerOffVM_Task())
+        poll(lambda: listed() == vms and vm0.runtime.powerState == "poweredOn", timeout=30,
+             what="the VM powered on again, with the same address")
+    finally:
+        watch.terminate()
+        transcript, _ = watch.communicate(timeout=10)
+    transcript = first + transcript
+    seen = [tuple(line.split(" ", 1)) for line in transcript.splitlines() if line.strip()]
+    address = json.dumps(vms[0]["ipAddresses"], separators=(",", ":"))
+    assert ("poweredOff", "[]") in seen, transcript
+    assert seen[-1] == ("poweredOn", address), transcript
+
+    described = run("describe", "vg", "vg-1")
+    for entry in vms:
+        assert entry["name"] in described and entry["ipAddresses"][0] in described
+        assert entry["instanceUUID"] in described
+    assert len(re.findall(r"Power State:\s+poweredOn", described)) == 3
+    assert len(re.findall(r"Host:\s+DC0_C0_H", described)) == 3
+
+    head, row = run("get", "vg", "vg-1").splitlines()
+    assert head.split() == ["NAME", *CONTRACT_COLUMNS]
+    wide_head, wide_row = run("get", "vg", "vg-1", "-o", "wide").splitlines()
+    assert wide_head.split() == ["NAME", *CONTRACT_COLUMNS, "READY", "IP", "AGE"]
+    assert wide_row.split()[-3:-1] == ["True", vms[0]["ipAddresses"][0]]
 
 
 def _metric(stack: LocalStack, sample: str) -> float:

@@ -22,7 +22,7 @@ def test_printer_columns_read_exactly_as_the_contract() -> None:
     columns = _version()["additionalPrinterColumns"]
     assert [c["name"] for c in columns if c.get("priority", 0) == 0] == CONTRACT_COLUMNS
     wide_only = [c["name"] for c in columns if c.get("priority", 0) > 0]
-    assert wide_only == ["AGE"]
+    assert wide_only == ["READY", "IP", "AGE"]  # -o wide may add, never change
 
 
 def test_scale_subresource_points_at_replicas() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -9,9 +10,10 @@ from kubernetes import client
 
 from controller import status
 from controller.informer import VmGroupInformer, newer, wants_work
-from controller.planner import Status
+from controller.planner import Status, Vm
+from controller.vsphere import _addresses
 from kubekit.queue import WorkQueue
-from vmgroup_api import MAX_MESSAGE
+from vmgroup_api import MAX_MESSAGE, MAX_STATUS_VMS, MAX_VM_ADDRESSES
 
 
 def obj(name: str, version: str | None, **spec: Any) -> dict[str, Any]:
@@ -84,3 +86,66 @@ def test_only_changes_that_ask_for_work_wake_the_controller(change: dict[str, An
     before = {"metadata": meta, "spec": {"replicas": 1}}
     after = {**before, **change, "metadata": {**meta, **change.get("metadata", {})}}
     assert wants_work(before, after) is wanted
+
+
+def _vm(name: str, owner: str | None = "uid-1", **kwargs: Any) -> Vm:
+    return Vm(name=name, owner_uid=owner, powered_on=kwargs.pop("on", True), cpu=2,
+              memory_mb=2048, **kwargs)
+
+
+@pytest.mark.parametrize(("observed", "names", "omitted"), [
+    ([], [], 0),
+    # lowest ordinal first (10 after 9: numbers, not strings), foreign VMs left out
+    ([_vm("ns-g-10"), _vm("ns-g-9"), _vm("ns-g-0"), _vm("ns-g-1", owner="other")],
+     ["ns-g-0", "ns-g-9", "ns-g-10"], 0),
+    # a VM of ours under a name of no ordinal goes last
+    ([_vm("renamed"), _vm("ns-g-3")], ["ns-g-3", "renamed"], 0),
+    # past the bound: the first MAX_STATUS_VMS listed, the rest counted
+    ([_vm(f"ns-g-{i}") for i in reversed(range(MAX_STATUS_VMS + 7))],
+     [f"ns-g-{i}" for i in range(MAX_STATUS_VMS)], 7),
+])
+def test_the_vm_view_lists_the_groups_own_vms_in_order_within_bounds(
+        observed: list[Vm], names: list[str], omitted: int) -> None:
+    view = status.vm_view("ns", "g", "uid-1", observed)
+    assert [vm["name"] for vm in view["vms"]] == names
+    assert view["vmsOmitted"] == omitted
+
+
+def test_a_vm_entry_says_what_vcenter_reports() -> None:
+    addresses = tuple(f"198.18.0.{i}" for i in range(1, 7))
+    (entry,) = status.vm_view("ns", "g", "uid-1", [_vm(
+        "ns-g-0", power_state="suspended", on=False, addresses=addresses, host="esx-1",
+        instance_uuid="5003c6b8-0000-0000-0000-000000000001")])["vms"]
+    assert entry == {"name": "ns-g-0", "powerState": "suspended", "cpu": 2, "memoryMB": 2048,
+                     "ipAddresses": list(addresses[:MAX_VM_ADDRESSES]), "host": "esx-1",
+                     "instanceUUID": "5003c6b8-0000-0000-0000-000000000001"}
+    # Without vCenter's own word, the power state follows what the planner saw.
+    (bare,) = status.vm_view("ns", "g", "uid-1", [_vm("ns-g-0", on=False)])["vms"]
+    assert bare["powerState"] == "poweredOff"
+
+
+def test_a_failed_reconcile_keeps_the_last_vm_view() -> None:
+    """An error (vCenter not read) changes the phase, not what was last seen of the VMs."""
+    seen = status.vm_view("ns", "g", "uid-1", [_vm("ns-g-0")])
+    before = status.build(Status("RUNNING", 1, 1, "ok"), name="g", generation=1,
+                          previous=None, now="2026-01-01T00:00:00Z", vms=seen)
+    after = status.build(Status("ERROR", 1, 1, "down"), name="g", generation=1,
+                         previous=before, now="2026-01-01T00:00:01Z", error="down")
+    assert (after["vms"], after["vmsOmitted"]) == (seen["vms"], 0)
+    assert after["phase"] == "ERROR"
+
+
+@pytest.mark.parametrize(("primary", "nics", "expected"), [
+    (None, None, ()),
+    ("10.0.0.5", None, ("10.0.0.5",)),
+    # the primary first, then every NIC's addresses once each
+    ("10.0.0.5", [["10.0.0.6", "10.0.0.5"], ["fe80::1"]], ("10.0.0.5", "10.0.0.6", "fe80::1")),
+    ("", [["10.0.0.6"], None], ("10.0.0.6",)),
+])
+def test_guest_addresses_primary_first_once_each(
+        primary: str | None, nics: list[list[str] | None] | None,
+        expected: tuple[str, ...]) -> None:
+    props = {"guest.ipAddress": primary,
+             "guest.net": None if nics is None else [SimpleNamespace(ipAddress=ips)
+                                                    for ips in nics]}
+    assert _addresses(props) == expected

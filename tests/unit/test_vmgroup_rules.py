@@ -237,6 +237,10 @@ def test_the_crd_names_what_the_api_package_says() -> None:
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     assert tuple(status["phase"]["enum"]) == vmgroup_api.PHASES
     assert status["lastMessage"]["maxLength"] == vmgroup_api.MAX_MESSAGE
+    vms = status["vms"]
+    assert vms["maxItems"] == vmgroup_api.MAX_STATUS_VMS
+    assert vms["items"]["properties"]["ipAddresses"]["maxItems"] == vmgroup_api.MAX_VM_ADDRESSES
+    assert vms["items"]["properties"]["name"]["maxLength"] == vmgroup_api.MAX_VSPHERE_NAME
 
 
 @pytest.mark.parametrize("kwargs", [{"max_cpu": 0}, {"max_memory": 24577},

@@ -14,12 +14,15 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/mo"
@@ -42,6 +45,10 @@ func main() {
 	delay := flag.Int("delay", 0, "milliseconds added to every method")
 	methodDelay := flag.String("method-delay", "", "per-method delays: 'Method:ms,Method:ms'")
 	jitter := flag.Float64("delay-jitter", 0, "coefficient of variation of the delays")
+	guestNet := flag.String("guest-net", "198.18.0.0/15",
+		"addresses the simulated guests report (a range reserved for benchmarks: never routed)")
+	guestDelay := flag.Duration("guest-delay", 500*time.Millisecond,
+		"time from power-on until a guest reports its address, as VMware Tools does once booted")
 	flag.Parse()
 
 	if *certFile == "" || *keyFile == "" || *username == "" || password == "" {
@@ -70,6 +77,11 @@ func main() {
 	}
 	defer model.Remove()
 	model.Map().AddHandler(ftStateFix{})
+	tools, err := newGuestTools(model.Map(), *guestNet, *guestDelay)
+	if err != nil {
+		log.Fatalf("vcsim: -guest-net: %v", err)
+	}
+	model.Map().AddHandler(tools)
 
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, password)}
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
@@ -111,6 +123,111 @@ func (ftStateFix) PutObject(_ *simulator.Context, obj mo.Reference) {
 func (ftStateFix) UpdateObject(*simulator.Context, mo.Reference, []types.PropertyChange) {}
 
 func (ftStateFix) RemoveObject(*simulator.Context, types.ManagedObjectReference) {}
+
+// guestTools plays the part of VMware Tools in every guest: a while after a VM powers on, its
+// guest reports an address (guest.ipAddress and guest.net, as vCenter shows them), and when it
+// powers off the address is gone. The simulator itself reports guest addresses only for VMs
+// backed by containers (which need Docker) or set by hand through "SET.guest.ipAddress"
+// extraConfig. Each VM keeps its address across power cycles, as with a DHCP lease.
+type guestTools struct {
+	registry *simulator.Registry
+	delay    time.Duration
+	mu       sync.Mutex
+	next     netip.Addr
+	last     netip.Addr
+	leases   map[string]string // VM moref -> address
+}
+
+func newGuestTools(registry *simulator.Registry, network string, delay time.Duration) (*guestTools, error) {
+	prefix, err := netip.ParsePrefix(network)
+	if err != nil || !prefix.Addr().Is4() {
+		return nil, fmt.Errorf("%q is not an IPv4 network", network)
+	}
+	prefix = prefix.Masked()
+	last := prefix.Addr().As4()
+	for i := prefix.Bits(); i < 32; i++ {
+		last[i/8] |= 1 << (7 - i%8)
+	}
+	return &guestTools{registry: registry, delay: delay, next: prefix.Addr().Next(),
+		last: netip.AddrFrom4(last), leases: map[string]string{}}, nil
+}
+
+func (*guestTools) Reference() types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "VmgroupGuestTools", Value: "guest-tools"}
+}
+
+func (*guestTools) PutObject(*simulator.Context, mo.Reference) {}
+
+func (g *guestTools) RemoveObject(_ *simulator.Context, ref types.ManagedObjectReference) {
+	g.mu.Lock()
+	delete(g.leases, ref.Value)
+	g.mu.Unlock()
+}
+
+func (g *guestTools) UpdateObject(_ *simulator.Context, obj mo.Reference, changes []types.PropertyChange) {
+	ref := obj.Reference()
+	if ref.Type != "VirtualMachine" {
+		return
+	}
+	for _, change := range changes {
+		if change.Name != "runtime.powerState" {
+			continue
+		}
+		// Not here: the VM's lock is held by the call that changed it.
+		on := change.Val == types.VirtualMachinePowerStatePoweredOn
+		go g.report(ref, on)
+	}
+}
+
+func (g *guestTools) lease(ref types.ManagedObjectReference) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if address, ok := g.leases[ref.Value]; ok {
+		return address
+	}
+	if !g.next.IsValid() || g.last.Less(g.next) {
+		return "" // the range is used up: the guest reports no address, as without DHCP
+	}
+	address := g.next.String()
+	g.next = g.next.Next()
+	g.leases[ref.Value] = address
+	return address
+}
+
+func (g *guestTools) report(ref types.ManagedObjectReference, on bool) {
+	if on {
+		time.Sleep(g.delay) // the guest boots
+	}
+	address := ""
+	if on {
+		address = g.lease(ref)
+	}
+	vm, ok := g.registry.Get(ref).(*simulator.VirtualMachine)
+	if !ok {
+		return // destroyed meanwhile
+	}
+	ctx := &simulator.Context{Context: context.Background(), Map: g.registry}
+	g.registry.WithLock(ctx, vm, func() {
+		if (vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn) != on {
+			return // powered off (or on) again meanwhile: that change reports itself
+		}
+		nics := []types.GuestNicInfo{}
+		tools := types.VirtualMachineToolsRunningStatusGuestToolsNotRunning
+		if on {
+			tools = types.VirtualMachineToolsRunningStatusGuestToolsRunning
+			if address != "" {
+				nics = append(nics, types.GuestNicInfo{Network: "VM Network", Connected: true,
+					DeviceConfigId: 4000, IpAddress: []string{address}})
+			}
+		}
+		ctx.Update(vm, []types.PropertyChange{
+			{Name: "guest.toolsRunningStatus", Val: string(tools)},
+			{Name: "guest.net", Val: nics},
+			{Name: "guest.ipAddress", Val: address},
+			{Name: "summary.guest.ipAddress", Val: address},
+		})
+	})
+}
 
 func parseDelays(spec string) (map[string]int, error) {
 	delays := map[string]int{}
