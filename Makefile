@@ -70,6 +70,10 @@ unit: venv ## only the unit tests (no stack, seconds)
 bench-webhook: venv testbin ## webhook latency/throughput/memory at fixed rates (~3 min)
 	$(PY) -m bench.webhook $(BENCH_ARGS)
 
+.PHONY: bench-outage
+bench-outage: venv testbin ## convergence after vCenter freezes, default timeout (~4 min)
+	$(PY) -m bench.vcenter_outage $(BENCH_ARGS)
+
 .PHONY: bench-controller
 bench-controller: venv testbin ## controller convergence, idle vCenter calls, memory (~15 min)
 	$(PY) -m bench.controller $(BENCH_ARGS)

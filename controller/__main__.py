@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +79,10 @@ def _password(args: argparse.Namespace) -> str | None:
     return os.environ.get("VMGROUP_VCENTER_PASSWORD")
 
 
-def _worker(queue: Any, reconciler: Any, log: logging.Logger) -> Callable[[], None]:
-    """A worker: take a key, reconcile it, requeue it when unfinished or (with backoff) failed."""
+def _worker(queue: Any, reconciler: Any, outage: Any,
+            log: logging.Logger) -> Callable[[], None]:
+    """A worker: take a key, reconcile it, requeue it when unfinished, when failed (with
+    backoff), or when vCenter answers again (it did not)."""
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
     from . import metrics  # noqa: PLC0415 - after logging is configured
@@ -101,6 +103,12 @@ def _worker(queue: Any, reconciler: Any, log: logging.Logger) -> Callable[[], No
                     queue.add_after(key, 1.0)
             except Exception as exc:
                 metrics.RECONCILES.labels("error").inc()
+                if isinstance(exc, VSphereError) and exc.unreachable:
+                    outage.wait_for_vcenter(key)
+                    log.warning("reconcile failed", extra={
+                        "vmgroup": "/".join(key), "error": str(exc),
+                        "retry": "when vCenter answers"})
+                    continue
                 delay = queue.retry(key)
                 # vCenter and API errors are expected; anything else is a bug: its traceback.
                 expected = isinstance(exc, VSphereError | ApiException)
@@ -111,6 +119,19 @@ def _worker(queue: Any, reconciler: Any, log: logging.Logger) -> Callable[[], No
                 queue.done(key)
 
     return work
+
+
+def _outage(queue: Any, feed: Any, sessions: Any) -> Any:
+    """Groups that failed because vCenter did not answer are queued again when it does."""
+    from .recovery import Outage  # noqa: PLC0415
+
+    def recovered(keys: Set[Any]) -> None:
+        for key in keys:
+            queue.forget(key)  # its backoff counted timeouts of an outage that is over
+            queue.add(key)
+        feed.reconnect_now()
+
+    return Outage(lambda: sessions.get().keep_alive(), recovered).start()
 
 
 def _lead(elector: Any, stop: threading.Event, lost: threading.Event,
@@ -188,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
 
     informer.start()
     feed = VCenterFeed(vcenter, queue.add).start()
+    outage = _outage(queue, feed, sessions)
     work = _worker(queue, Reconciler(api, sessions.get, informer,
-                                     parallel=args.max_vcenter_tasks), log)
+                                     parallel=args.max_vcenter_tasks), outage, log)
     workers += [threading.Thread(target=work, name=f"worker-{i}", daemon=True)
                 for i in range(count)]
     for worker in workers:
@@ -199,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("stopping")
     informer.stop()
     feed.stop()
+    outage.stop()
     queue.close()
     for worker in workers:
         worker.join(timeout=30)

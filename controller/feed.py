@@ -67,6 +67,7 @@ class VCenterFeed:
         self._config = config
         self._enqueue = enqueue
         self._stop = threading.Event()
+        self._retry = threading.Event()  # cuts a reconnect backoff short
         self._thread = threading.Thread(target=self._run, name="vcenter-feed", daemon=True)
 
     def start(self) -> VCenterFeed:
@@ -75,6 +76,11 @@ class VCenterFeed:
 
     def stop(self) -> None:
         self._stop.set()
+        self._retry.set()
+
+    def reconnect_now(self) -> None:
+        """vCenter answers again: a feed waiting to reconnect does so at once."""
+        self._retry.set()
 
     def _run(self) -> None:
         backoff = 1.0
@@ -88,7 +94,8 @@ class VCenterFeed:
             except Exception as exc:  # vCenter down, session expired: start over
                 log.warning("vCenter feed failed; reconnecting",
                             extra={"error": str(exc), "retry_in": backoff})
-                self._stop.wait(backoff)
+                self._retry.wait(backoff)
+                self._retry.clear()
                 backoff = min(backoff * 2, 60.0)
             finally:
                 if session is not None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.client import HTTPException
 from typing import Any
+from xml.parsers.expat import ExpatError
 
 from pyVim.connect import SmartStubAdapter, VimSessionOrientedStub
 from pyVmomi import vim, vmodl
@@ -47,7 +48,7 @@ from .planner import (
 log = logging.getLogger("vmgroup.controller.vsphere")
 
 TASK_TIMEOUT = 600.0
-TASK_WAIT_SECONDS = 10  # one long poll for a task's state answers at least this often
+TASK_WAIT_SECONDS = 10  # one long poll for a task's state answers at least this often...
 VM_PROPERTIES = ["name", "runtime.powerState", "config.hardware.numCPU",
                  "config.hardware.memoryMB", "config.extraConfig",
                  # for status.vms: what a user asks first about a VM
@@ -56,12 +57,23 @@ TASK_PROPERTIES = ["info.state", "info.error", "info.result"]
 PC = vmodl.query.PropertyCollector
 
 
+# Calls that may be sent again when their answer is lost (a dropped connection): they only
+# read. Any other call may have been carried out by vCenter although
+# its answer never came; sent twice, a clone fails with DuplicateName and leaves its VM
+# powered off, and a second WaitForUpdatesEx on one collector takes the update the first
+# (abandoned) one was given. Those fail instead, and the next reconcile observes what is.
+RESENDABLE = frozenset({"RetrieveContents", "RetrieveProperties", "RetrievePropertiesEx",
+                        "ContinueRetrievePropertiesEx", "Fetch", "CurrentTime", "FindChild",
+                        "FindByInventoryPath", "RetrieveServiceContent"})
+
+
 class VSphereError(RuntimeError):
     """A vCenter call failed; the message is fit for a VmGroup's status (no secrets)."""
 
-    def __init__(self, message: str, fault: Any = None) -> None:
+    def __init__(self, message: str, fault: Any = None, *, unreachable: bool = False) -> None:
         super().__init__(message)
         self.fault = fault  # the vSphere fault, when a task failed with one
+        self.unreachable = unreachable  # vCenter did not answer (down, frozen, cut off)
 
 
 @dataclass(frozen=True)
@@ -93,20 +105,37 @@ class _Stub(VimSessionOrientedStub):
     every call by method and remembering when the last one was made (for the keep-alive)."""
 
     def __init__(self, soap: Any, login: Callable[[Any], None], host: str) -> None:
-        # retryCount 2: one re-login (or one reconnect) per call, then the error is the caller's.
-        super().__init__(soap, login, retryDelay=0.2, retryCount=2)  # type: ignore[no-untyped-call]
+        super().__init__(soap, login)  # type: ignore[no-untyped-call]
         self.last_call = time.monotonic()
         self._host = host
 
     def InvokeMethod(self, mo: Any, info: Any, args: Any) -> Any:
-        # Property reads come here too, as "Fetch": every round trip is counted.
+        """pyVmomi's loop, but for what it sends again: one re-login after NotAuthenticated
+        for every call; a second try after a lost answer only for calls in RESENDABLE."""
+        # Property reads come here too: every round trip is counted.
         metrics.VCENTER_CALLS.labels(info.wsdlName).inc()
         self.last_call = time.monotonic()
-        try:
-            return super().InvokeMethod(mo, info, args)  # type: ignore[no-untyped-call]
-        except (OSError, HTTPException) as exc:  # down, hung (timed out), or not vCenter
-            raise VSphereError(f"vCenter {self._host} did not answer: "
-                               f"{exc or type(exc).__name__}") from None
+        for attempt in (1, 2):
+            try:
+                if self.state == self.STATE_UNAUTHENTICATED:
+                    self._CallLoginMethod()  # type: ignore[no-untyped-call]
+                status, result = self.soapStub.InvokeMethod(mo, info, args, self)
+            except (OSError, HTTPException, ExpatError) as exc:  # down, hung, not vCenter
+                # A dropped connection (a pooled one the server closed) is worth a second
+                # try; a timeout is not: vCenter is hung, and it would only double the wait.
+                if attempt == 1 and info.wsdlName in RESENDABLE and \
+                        not isinstance(exc, TimeoutError):
+                    time.sleep(0.2)
+                    continue
+                raise VSphereError(f"vCenter {self._host} did not answer: "
+                                   f"{exc or type(exc).__name__}", unreachable=True) from None
+            if status == 200:
+                return result
+            if attempt == 1 and isinstance(result, self.SESSION_EXCEPTIONS):
+                self._SetStateUnauthenticated()  # type: ignore[no-untyped-call]
+                continue  # expired or terminated: log in again, once
+            raise result
+        raise AssertionError("unreachable")
 
 
 def connect(config: VCenterConfig, *, timeout: float | None = None,
@@ -129,8 +158,11 @@ def connect(config: VCenterConfig, *, timeout: float | None = None,
                            f"{config.username}") from None
     except VSphereError:
         raise
-    except OSError as exc:  # refused, unreachable, a certificate that does not verify
+    except ssl.SSLCertVerificationError as exc:  # reachable, but not to be trusted
         raise VSphereError(f"cannot reach vCenter {config.host}: {exc}") from None
+    except OSError as exc:  # refused, unreachable, timed out
+        raise VSphereError(f"cannot reach vCenter {config.host}: {exc}",
+                           unreachable=True) from None
     except Exception as exc:  # pyVim's "is down or is not a VIM server", HTTP errors
         raise VSphereError(f"cannot talk to vCenter {config.host}: {exc}") from None
     return si
@@ -154,6 +186,7 @@ class VSphere:
     def __init__(self, config: VCenterConfig, tasks: threading.Semaphore | None = None, *,
                  timeout: float | None = None) -> None:
         self.config = config
+        self._timeout = timeout or config.timeout
         # Shared by every session of the process: at most this many vCenter tasks at once.
         self._tasks = tasks or threading.Semaphore(config.max_tasks)
         # Enough pooled connections for every task being followed plus the workers' reads.
@@ -396,7 +429,10 @@ class VSphere:
             if collector is None:
                 collector = self.content.propertyCollector.CreatePropertyCollector()
             try:
-                result = self._follow(collector, task)
+                # ... and well within the call timeout, or a quiet task would look like an
+                # unanswered call.
+                wait = max(1, min(TASK_WAIT_SECONDS, int(self._timeout / 2)))
+                result = self._follow(collector, task, wait)
             except VSphereError as exc:
                 if exc.fault is not None:  # the task failed; the collector is fine
                     self._give_back(collector)
@@ -414,14 +450,15 @@ class VSphere:
             self._collectors.append(collector)
 
     @staticmethod
-    def _follow(collector: Any, task: Any) -> Any:
+    def _follow(collector: Any, task: Any, wait_seconds: int) -> Any:
         spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=task)],
                              propSet=[PC.PropertySpec(type=vim.Task, pathSet=TASK_PROPERTIES)])
         task_filter = collector.CreateFilter(spec, partialUpdates=False)
+        abandoned = False
         try:
             state: dict[str, Any] = {}
             version = ""  # "": the current state at once; then only changes
-            options = PC.WaitOptions(maxWaitSeconds=TASK_WAIT_SECONDS)
+            options = PC.WaitOptions(maxWaitSeconds=wait_seconds)
             deadline = time.monotonic() + TASK_TIMEOUT
             while True:
                 update = collector.WaitForUpdatesEx(version, options)
@@ -430,6 +467,10 @@ class VSphere:
                     for change in (c for fu in update.filterSet for o in fu.objectSet
                                    for c in o.changeSet or []):
                         state[change.name] = change.val
+                else:  # a quiet wait: ask the task itself, so no lost update holds us here
+                    info = task.info
+                    state.update({"info.state": info.state, "info.error": info.error,
+                                  "info.result": info.result})
                 match state.get("info.state"):
                     case vim.TaskInfo.State.success:
                         return state.get("info.result")
@@ -437,8 +478,14 @@ class VSphere:
                         raise _task_error(state.get("info.error"))
                 if time.monotonic() > deadline:
                     raise VSphereError(f"task {task._moId} timed out")
+        except VSphereError as exc:
+            # Unanswered: the filter goes with its collector, which is not used again (and
+            # asking vCenter to destroy it now would only wait another timeout).
+            abandoned = exc.unreachable
+            raise
         finally:
-            task_filter.DestroyPropertyFilter()
+            if not abandoned:
+                task_filter.DestroyPropertyFilter()
 
     def _clone(self, group: Group, action: Clone) -> None:
         template = self.template(action.template)

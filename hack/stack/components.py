@@ -314,7 +314,8 @@ class VCSim:
     USERNAME = "vmgroup-operator"
 
     def __init__(self, pki: Pki, log_dir: Path, *, method_delays: dict[str, int] | None = None,
-                 password: str | None = None, host: str = "127.0.0.1") -> None:
+                 task_delays: dict[str, int] | None = None, password: str | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.port = free_port()
         crt, key = pki.pair("vcsim")
         self.info = VCenterInfo(
@@ -330,8 +331,11 @@ class VCSim:
             # inventory keeps property-collector answers fast and lets tests count VMs exactly.
             "-dc=1", "-cluster=1", "-host=2", "-standalone-host=0", "-vm=0", "-ds=1",
         ]
-        if method_delays:
-            argv.append("-method-delay=" + ",".join(f"{m}:{ms}" for m, ms in method_delays.items()))
+        # Method delays make a call slow; task delays make its task slow (as in a real vCenter,
+        # whose calls return at once), keyed by task name: {"CloneVm": 2000}.
+        for flag, delays in (("method-delay", method_delays), ("task-delay", task_delays)):
+            if delays:
+                argv.append(f"-{flag}=" + ",".join(f"{m}:{ms}" for m, ms in delays.items()))
         # The password travels in the environment, not in argv, which any local user can read.
         # A graceful vcsim waits for every open long poll (the controllers' change feeds) to
         # end; its inventory is thrown away anyway: a short grace, then SIGKILL.

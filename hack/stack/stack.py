@@ -53,6 +53,7 @@ class LocalStack:
 
     def __init__(self, work: Path, *, log_dir: Path | None = None, kube: bool = True,
                  vcenter: bool = True, vcsim_method_delays: dict[str, int] | None = None,
+                 vcsim_task_delays: dict[str, int] | None = None,
                  progress: Progress = lambda line: None, node: bool = False,
                  images: Sequence[Path] = ()) -> None:
         self.work = work
@@ -76,7 +77,7 @@ class LocalStack:
                 self.pki, self.apiserver, work, self.log_dir, node=node)
         if vcenter:
             self.vcsim = VCSim(self.pki, self.log_dir, method_delays=vcsim_method_delays,
-                               host=address or "127.0.0.1")
+                               task_delays=vcsim_task_delays, host=address or "127.0.0.1")
         if node and self.apiserver is not None:
             self.node = self._node(self.apiserver, images)
 

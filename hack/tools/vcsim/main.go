@@ -45,6 +45,9 @@ func main() {
 	delay := flag.Int("delay", 0, "milliseconds added to every method")
 	methodDelay := flag.String("method-delay", "", "per-method delays: 'Method:ms,Method:ms'")
 	jitter := flag.Float64("delay-jitter", 0, "coefficient of variation of the delays")
+	taskDelay := flag.String("task-delay", "", "per-task delays: 'CloneVm:ms,PowerOn:ms' (task "+
+		"names, not methods): the call returns at once and the task takes this long, as in a "+
+		"real vCenter, where -method-delay makes the call itself slow")
 	guestNet := flag.String("guest-net", "198.18.0.0/15",
 		"addresses the simulated guests report (a range reserved for benchmarks: never routed)")
 	guestDelay := flag.Duration("guest-delay", 500*time.Millisecond,
@@ -61,6 +64,16 @@ func main() {
 	delays, err := parseDelays(*methodDelay)
 	if err != nil {
 		log.Fatalf("vcsim: -method-delay: %v", err)
+	}
+	taskDelays, err := parseDelays(*taskDelay)
+	if err != nil {
+		log.Fatalf("vcsim: -task-delay: %v", err)
+	}
+	if len(taskDelays) > 0 {
+		// Without the hand-off the VM stays locked while its task waits, and nothing (the
+		// property collector included) could read it meanwhile.
+		taskDelays["LockHandoff"] = 0
+		simulator.TaskDelay = simulator.DelayConfig{MethodDelay: taskDelays, DelayJitter: *jitter}
 	}
 
 	model := simulator.VPX()
