@@ -50,7 +50,8 @@ def test_the_probe_asks_nothing_while_no_group_waits() -> None:
     probe = Probe()
     probe.up.set()
     back = threading.Event()
-    outage = Outage(probe, lambda keys: back.set(), interval=0.01).start()
+    outage: Outage[tuple[str, str]] = Outage(probe, lambda keys: back.set(),
+                                             interval=0.01).start()
     try:
         # A group that waits makes the probe run once; with none waiting it stays idle.
         outage.wait_for_vcenter(("ns", "a"))
