@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from hack.stack.reviews import review, vmgroup
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    # What JSON (and so the API server) can carry: no NaN, no Infinity.
+    st.none() | st.booleans() | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children,
                                                                       max_size=4),
     max_leaves=12)

@@ -9,12 +9,12 @@ Patch with `patchType: JSONPatch`; a patch that fails to apply fails the request
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonpatch
+import orjson
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
@@ -79,12 +79,12 @@ def _obj(value: Any, what: str) -> dict[str, Any] | None:
 
 def parse_review(body: bytes | str) -> AdmissionRequest:
     """Parse an AdmissionReview v1 request body; raise BadReview with a clear message."""
+    # orjson: parsing in C is most of what a large Pod costs. It is stricter than the json
+    # module where Kubernetes is too (no NaN, strict UTF-8), and stops at 1024 levels of nesting.
     try:
-        review = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        review = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise BadReview(f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise BadReview("request body is nested too deeply") from None
     if not isinstance(review, dict):
         raise BadReview("request body must be a JSON object (an AdmissionReview)")
     api_version, kind = review.get("apiVersion"), review.get("kind")
@@ -123,7 +123,9 @@ def verify_patch(original: Mapping[str, Any], ops: list[dict[str, Any]],
                  mutated: Mapping[str, Any]) -> None:
     """Raise unless `ops` turns `original` into `mutated`: a patch the API server cannot apply
     fails the request even under failurePolicy Ignore, so none leaves without this check."""
-    if jsonpatch.apply_patch(original, ops) != mutated:
+    # A copy through orjson costs a tenth of copy.deepcopy, which apply_patch would make.
+    copy = orjson.loads(orjson.dumps(original))
+    if jsonpatch.apply_patch(copy, ops, in_place=True) != mutated:
         raise AssertionError("generated JSON Patch does not reproduce the mutated object")
 
 
@@ -149,8 +151,7 @@ def allow(uid: str, *, patch: list[dict[str, Any]] | None = None,
     response: dict[str, Any] = {"allowed": True, **_warnings(warnings)}
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(
-            json.dumps(patch, separators=(",", ":")).encode()).decode()
+        response["patch"] = base64.b64encode(orjson.dumps(patch)).decode()
     return _review(uid, response)
 
 

@@ -377,6 +377,34 @@ class Webhook:
         poll(lambda: https_get(f"{self.url}/readyz", self.ca) == b"ok",
              timeout=START_TIMEOUT, what="vmgroup-webhook /readyz", alive=self.process.check_alive)
 
+    def worker_pids(self) -> list[int]:
+        """gunicorn's workers (the children of its master process)."""
+        master = self.process.pid
+        if master is None:
+            return []
+        return [int(pid) for pid in
+                Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+
+    def connections_per_worker(self) -> list[int]:
+        """How many established connections to the webhook each worker holds, read from /proc:
+        with keep-alive, which worker serves each connection."""
+        port = f":{self.port:04X}"
+        established = {fields[9] for fields in (
+            line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+            if fields[1].endswith(port) and fields[3] == "01"}  # socket inodes, ESTABLISHED
+        counts = []
+        for pid in self.worker_pids():
+            sockets = set()
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:  # closed meanwhile
+                    continue
+                if target.startswith("socket:["):
+                    sockets.add(target[len("socket:["):-1])
+            counts.append(len(sockets & established))
+        return counts
+
     def register(self, kubeconfig: Path, operator_namespace: str) -> None:
         """Register by URL with a caBundle, as the local stack does (the chart uses a Service)."""
         configs = registration.configurations(

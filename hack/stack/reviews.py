@@ -11,8 +11,6 @@ from typing import Any
 import jsonpatch
 
 VMGROUP_KIND = {"group": "vm.codeconnect.vmworld.com", "version": "v1alpha1", "kind": "VmGroup"}
-VMGROUP_RESOURCE = {"group": "vm.codeconnect.vmworld.com", "version": "v1alpha1",
-                    "resource": "vmgroups"}
 
 
 def vmgroup(name: str = "vg-1", namespace: str = "default", **spec: Any) -> dict[str, Any]:
@@ -24,11 +22,14 @@ def review(obj: dict[str, Any] | None, *, operation: str = "CREATE",
            old: dict[str, Any] | None = None, kind: dict[str, str] | None = None,
            sub_resource: str | None = None, dry_run: bool = False) -> dict[str, Any]:
     meta = (obj or old or {}).get("metadata", {})
+    kind = kind or VMGROUP_KIND
     request: dict[str, Any] = {
         "uid": str(uuid.uuid4()),
-        "kind": kind or VMGROUP_KIND,
-        "resource": VMGROUP_RESOURCE,
-        "requestKind": kind or VMGROUP_KIND,
+        "kind": kind,
+        # The plural, as for every kind these reviews carry (Pod, Deployment, VmGroup, ...).
+        "resource": {"group": kind["group"], "version": kind["version"],
+                     "resource": kind["kind"].lower() + "s"},
+        "requestKind": kind,
         "operation": operation,
         "name": meta.get("name", ""),
         "namespace": meta.get("namespace", "default"),

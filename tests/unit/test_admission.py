@@ -25,6 +25,11 @@ def test_parses_a_real_shaped_request() -> None:
 @pytest.mark.parametrize(("body", "message"), [
     (b"{not json", "not valid JSON"),
     (b"\xff\xfe", "not valid JSON"),
+    # Not JSON, though Python's json module reads them: the API server never sends them.
+    (b'{"apiVersion": NaN}', "not valid JSON"),
+    (b'{"apiVersion": Infinity}', "not valid JSON"),
+    (b'"\\ud800"', "not valid JSON"),  # a lone surrogate
+    (b"[" * 5000 + b"]" * 5000, "depth limit exceeded"),  # nested too deeply
     (b"[]", "must be a JSON object"),
     (b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {}}',
      "expected apiVersion 'admission.k8s.io/v1'"),
