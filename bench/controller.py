@@ -29,6 +29,10 @@ Phases, on one local stack (etcd, kube-apiserver, kube-controller-manager, vcsim
    RUNNING (and settled, for at most 2 minutes) the controller's VmRSS and VmHWM (its peak) are
    read from /proc. Target: VmHWM <= 150 MB.
 
+Per group, until all are RUNNING: reconciles, and the API requests the controller made (its
+own count, `vmgroup_controller_api_requests_total{verb,resource}`): status writes, finalizer
+writes, Event writes; other requests (lists, watches, the Lease) are listed apart.
+
 vCenter calls are the controller's own count of every SOAP round trip
 (`vmgroup_controller_vcenter_calls_total{method}` on /metrics): pyVmomi's property reads are
 "Fetch", its RetrieveContents is "RetrieveProperties".
@@ -99,10 +103,11 @@ class Snapshot:
     calls: Counter[str] = field(default_factory=Counter)  # vCenter calls by method
     reconciles: Counter[str] = field(default_factory=Counter)  # by result
     queue: int = 0
+    api: Counter[str] = field(default_factory=Counter)  # API requests, "verb resource"
 
     def __sub__(self, earlier: Snapshot) -> Snapshot:
         return Snapshot(self.calls - earlier.calls, self.reconciles - earlier.reconciles,
-                        self.queue)
+                        self.queue, self.api - earlier.api)
 
 
 def _snapshot(controller: Controller) -> Snapshot:
@@ -116,6 +121,9 @@ def _snapshot(controller: Controller) -> Snapshot:
                 snap.reconciles[sample.labels["result"]] = int(sample.value)
             elif sample.name == "vmgroup_controller_queue_depth":
                 snap.queue = int(sample.value)
+            elif sample.name == "vmgroup_controller_api_requests_total":
+                snap.api[f"{sample.labels['verb']} {sample.labels['resource']}"] = \
+                    int(sample.value)
     return snap
 
 
@@ -375,6 +383,8 @@ def _report(args: argparse.Namespace, result: Result) -> list[tuple[str, bool]]:
         verdicts.append((f"converge within {TARGET_RATIO}x the bound", ratio <= TARGET_RATIO))
     if result.phases:
         _calls_table(result.phases)
+    if (converge := result.phases.get("converge")) is not None:
+        _per_group(converge, args.groups)
     idle = next((s for name, s in result.phases.items() if name.startswith("idle")), None)
     if idle is not None:
         others = {m: n for m, n in idle.calls.items() if m not in IDLE_METHODS and n}
@@ -418,6 +428,23 @@ def _calls_table(phases: dict[str, Snapshot]) -> None:
     reconciles = [f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(s.reconciles.items()))
                   for name, s in phases.items() if s.reconciles]
     print("reconciles by result: " + "; ".join(reconciles))
+
+
+def _per_group(converge: Snapshot, groups: int) -> None:
+    """What one group cost until every group was RUNNING: reconciles and API writes."""
+    api = converge.api
+    per = {
+        "reconciles": sum(converge.reconciles.values()),
+        "status writes (patch vmgroups/status)": api["patch vmgroups/status"],
+        "finalizer writes (patch vmgroups)": api["patch vmgroups"],
+        "Event writes (create or patch events)": api["create events"] + api["patch events"],
+    }
+    print(f"per group until all RUNNING ({groups} groups): " + "; ".join(
+        f"{name} {n / groups:.2f}" for name, n in per.items()))
+    others = {k: n for k, n in api.items() if n and k not in (
+        "patch vmgroups/status", "patch vmgroups", "create events", "patch events")}
+    print("other API requests while converging: " + (", ".join(
+        f"{k} {n}" for k, n in sorted(others.items())) or "none"))
 
 
 def _stop_cleanly(signum: int, _frame: object) -> None:

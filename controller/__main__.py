@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.config.dictConfig(logs.dict_config(args.log_level))
 
+    from kubekit.apicount import count_requests  # noqa: PLC0415
     from kubekit.leader import LeaseElector  # noqa: PLC0415
     from kubekit.queue import WorkQueue  # noqa: PLC0415
 
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         base_folder=args.base_folder, resource_pool=args.resource_pool or None,
         datastore=args.datastore or None, max_tasks=args.max_vcenter_tasks,
         timeout=args.vcenter_timeout)
+    count_requests(api, metrics.count_api_request)
     sessions = Sessions(vcenter, keepalive_seconds=args.vcenter_keepalive_seconds)
     log = logging.getLogger("vmgroup.controller")
     stop = threading.Event()
@@ -219,9 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("started", extra={"workers": count, "vcenter": args.vcenter_host})
     stop.wait()
     log.info("stopping")
-    informer.stop()
-    feed.stop()
-    outage.stop()
+    for part in (informer, feed, outage):
+        part.stop()
     queue.close()
     for worker in workers:
         worker.join(timeout=30)

@@ -16,9 +16,15 @@ DURATION = Histogram("vmgroup_controller_reconcile_duration_seconds",
                      buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300))
 VCENTER_CALLS = Counter("vmgroup_controller_vcenter_calls_total",
                         "vCenter calls by method.", ["method"])
+API_REQUESTS = Counter("vmgroup_controller_api_requests_total",
+                       "Kubernetes API requests by verb and resource.", ["verb", "resource"])
 QUEUE_DEPTH = Gauge("vmgroup_controller_queue_depth", "VmGroups waiting to be reconciled.")
 MANAGED_VMS = Gauge("vmgroup_controller_managed_vms",
                     "VMs owned by VmGroups, as last observed.")
+
+def count_api_request(verb: str, resource: str) -> None:
+    API_REQUESTS.labels(verb, resource).inc()
+
 
 _managed: dict[tuple[str, str], int] = {}
 _managed_lock = threading.Lock()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
@@ -109,6 +110,15 @@ class BalancingThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().accept(listener)
 
 
+class AdmissionLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger without the access log, whatever the logging config: the app logs
+    each admission with its uid, and gunicorn would build every access line (atoms, time
+    formatting) only for the config's level to drop it."""
+
+    def _compute_access_log_enabled(self) -> bool:
+        return False
+
+
 def gunicorn_options(settings: ServerSettings) -> dict[str, Any]:
     """The gunicorn configuration, as plain data."""
     tls = ReloadingTLSContext(settings.cert_file, settings.key_file)
@@ -139,6 +149,7 @@ def gunicorn_options(settings: ServerSettings) -> dict[str, Any]:
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,
         "accesslog": None,  # every admission is logged by the app, with its uid
+        "logger_class": AdmissionLogger,
         "loglevel": settings.log_level,
         "logconfig_dict": logs.dict_config(settings.log_level),
         "proc_name": "vmgroup-webhook",

@@ -396,8 +396,21 @@ def test_a_fresh_group_takes_few_reconciles_and_logs_each_vm_action(stack: Local
     assert stack.controller is not None
     log = stack.controller.process.log_path
     offset = log.stat().st_size
+    requests = {(verb, resource): f'vmgroup_controller_api_requests_total{{resource='
+                f'"{resource}",verb="{verb}"}}' for verb, resource in (
+                    ("patch", "vmgroups"), ("patch", "vmgroups/status"), ("create", "events"),
+                    ("patch", "events"))}
+    before = {key: _metric(stack, sample) for key, sample in requests.items()}
     _kubectl(stack)("create", "-f", str(EXAMPLE))
     _wait_for_row(stack, _running(3))
+    # What the group cost the API server until RUNNING: the finalizer once, an Event per VM
+    # created, and a status write per state the group went through.
+    cost = {key: _metric(stack, sample) - before[key] for key, sample in requests.items()}
+    print(f"API requests of a fresh group of 3 until RUNNING: {cost}")
+    assert cost[("patch", "vmgroups")] == 1
+    assert cost[("create", "events")] == 3
+    assert cost[("patch", "events")] == 0
+    assert 2 <= cost[("patch", "vmgroups/status")] <= 5
     with log.open() as f:
         f.seek(offset)
         lines = [json.loads(line) for line in f if line.startswith("{")]
@@ -405,8 +418,9 @@ def test_a_fresh_group_takes_few_reconciles_and_logs_each_vm_action(stack: Local
     reconciles = [line for line in mine if line["msg"] in ("reconciled", "reconcile failed")]
     print(f"reconciles of a fresh group of 3 until RUNNING: {len(reconciles)}")
     # One does the work; the change feed's echo of our own clones may bring one or two more
-    # (each observes and writes nothing): the status write itself brings none.
-    assert 1 <= len(reconciles) <= 3
+    # (each observes and writes nothing), the guests' addresses one (it writes status.vms):
+    # the status write itself brings none.
+    assert 1 <= len(reconciles) <= 4
     actions = [line for line in mine if line["msg"] == "vm action"]
     done = sorted((a["action"], a["vm"]) for a in actions)
     assert done == [("Clone", f"{NAMESPACE}-vg-1-{i}") for i in range(3)]  # (and power on)
