@@ -58,10 +58,10 @@ PC = vmodl.query.PropertyCollector
 
 
 # Calls that may be sent again when their answer is lost (a dropped connection): they only
-# read. Any other call may have been carried out by vCenter although
-# its answer never came; sent twice, a clone fails with DuplicateName and leaves its VM
-# powered off, and a second WaitForUpdatesEx on one collector takes the update the first
-# (abandoned) one was given. Those fail instead, and the next reconcile observes what is.
+# read. Any other call may have been carried out by vCenter although its answer never came;
+# sent twice, a clone fails with DuplicateName and leaves its VM powered off, and a second
+# WaitForUpdatesEx on one collector takes the update the first (abandoned) one was given.
+# Those fail instead, and the next reconcile observes what is.
 RESENDABLE = frozenset({"RetrieveContents", "RetrieveProperties", "RetrievePropertiesEx",
                         "ContinueRetrievePropertiesEx", "Fetch", "CurrentTime", "FindChild",
                         "FindByInventoryPath", "RetrieveServiceContent"})
