@@ -79,7 +79,7 @@ def _password(args: argparse.Namespace) -> str | None:
     return os.environ.get("VMGROUP_VCENTER_PASSWORD")
 
 
-def _worker(queue: Any, reconciler: Any, outage: Any,
+def _worker(queue: Any, reconciler: Any, outage: Any, echoes: Any,
             log: logging.Logger) -> Callable[[], None]:
     """A worker: take a key, reconcile it, requeue it when unfinished, when failed (with
     backoff), or when vCenter answers again (it did not)."""
@@ -91,6 +91,8 @@ def _worker(queue: Any, reconciler: Any, outage: Any,
     def work() -> None:
         while (key := queue.get()) is not None:
             started = time.perf_counter()
+            echoes.begin(key)
+            outcome = None
             try:
                 outcome = reconciler.reconcile(*key)
                 queue.forget(key)
@@ -117,8 +119,19 @@ def _worker(queue: Any, reconciler: Any, outage: Any,
             finally:
                 metrics.DURATION.observe(time.perf_counter() - started)
                 queue.done(key)
+                echoes.end(key, outcome.observed if outcome is not None else None)
 
     return work
+
+
+def _follow_vcenter(vcenter: Any, queue: Any, sessions: Any) -> tuple[Any, Any, Any]:
+    """vCenter's change feed (through the echo filter) and the outage wait, started."""
+    from .echo import EchoFilter  # noqa: PLC0415
+    from .feed import VCenterFeed  # noqa: PLC0415
+
+    echoes: EchoFilter[Any] = EchoFilter(queue.add).start()
+    feed = VCenterFeed(vcenter, echoes.changed).start()
+    return echoes, feed, _outage(queue, feed, sessions)
 
 
 def _outage(queue: Any, feed: Any, sessions: Any) -> Any:
@@ -172,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     from kubekit.queue import WorkQueue  # noqa: PLC0415
 
     from . import metrics  # noqa: PLC0415
-    from .feed import VCenterFeed  # noqa: PLC0415
     from .informer import Key, VmGroupInformer  # noqa: PLC0415
     from .reconciler import Reconciler  # noqa: PLC0415
     from .vsphere import Sessions, VCenterConfig  # noqa: PLC0415
@@ -210,10 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     informer.start()
-    feed = VCenterFeed(vcenter, queue.add).start()
-    outage = _outage(queue, feed, sessions)
+    echoes, feed, outage = _follow_vcenter(vcenter, queue, sessions)
     work = _worker(queue, Reconciler(api, sessions.get, informer,
-                                     parallel=args.max_vcenter_tasks), outage, log)
+                                     parallel=args.max_vcenter_tasks), outage, echoes, log)
     workers += [threading.Thread(target=work, name=f"worker-{i}", daemon=True)
                 for i in range(count)]
     for worker in workers:
@@ -221,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("started", extra={"workers": count, "vcenter": args.vcenter_host})
     stop.wait()
     log.info("stopping")
-    for part in (informer, feed, outage):
+    for part in (informer, feed, outage, echoes):
         part.stop()
     queue.close()
     for worker in workers:

@@ -63,9 +63,10 @@ class Inventory:
 
 
 class VCenterFeed:
-    def __init__(self, config: VCenterConfig, enqueue: Callable[[Key], None]) -> None:
+    def __init__(self, config: VCenterConfig,
+                 changed: Callable[[Key, str, str, dict[str, Any]], None]) -> None:
         self._config = config
-        self._enqueue = enqueue
+        self._changed_vm = changed  # (group, VM id, kind, values); the echo filter's
         self._stop = threading.Event()
         self._retry = threading.Event()  # cuts a reconnect backoff short
         self._thread = threading.Thread(target=self._run, name="vcenter-feed", daemon=True)
@@ -136,7 +137,9 @@ class VCenterFeed:
         if key is not None:
             log.debug("vCenter change", extra={"vmgroup": "/".join(key),
                                                "vm": change.obj._moId, "kind": change.kind})
-            self._enqueue(key)
+            self._changed_vm(key, change.obj._moId, change.kind,
+                             {name: getattr(value, "_moId", value)
+                              for name, value in values.items()})
 
     @staticmethod
     def _key(folder: Any, base: Any) -> Key | None:

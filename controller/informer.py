@@ -17,7 +17,7 @@ from kubernetes import client
 
 from kubekit.queue import WorkQueue
 from kubekit.watch import SERVER_TIMEOUT, ListWatcher
-from vmgroup_api import GROUP, PLURAL, VERSION
+from vmgroup_api import FINALIZER, GROUP, PLURAL, VERSION
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -45,15 +45,18 @@ def newer(candidate: dict[str, Any], current: dict[str, Any] | None) -> bool:
 
 
 def wants_work(before: dict[str, Any], after: dict[str, Any]) -> bool:
-    """Whether a change asks the controller to act: spec (the generation), deletion or
-    finalizers. A status change (our own write coming back through the watch) does not: the
-    controller wrote it, and vCenter's changes come through the feed."""
+    """Whether a change asks the controller to act: spec (the generation), deletion, or our
+    finalizer taken away. A status change or our finalizer added (our own writes coming back
+    through the watch, perhaps before the write's own answer) does not: the controller made
+    them in the pass that is running, and vCenter's changes come through the feed."""
     def what_counts(obj: dict[str, Any]) -> tuple[Any, ...]:
         meta = obj.get("metadata") or {}
-        return (meta.get("generation"), meta.get("deletionTimestamp"), meta.get("finalizers"),
-                meta.get("uid"))
+        return meta.get("generation"), meta.get("deletionTimestamp"), meta.get("uid")
 
-    return what_counts(before) != what_counts(after)
+    def ours(obj: dict[str, Any]) -> bool:
+        return FINALIZER in ((obj.get("metadata") or {}).get("finalizers") or [])
+
+    return what_counts(before) != what_counts(after) or (ours(before) and not ours(after))
 
 
 class VmGroupInformer(ListWatcher):

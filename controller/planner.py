@@ -59,6 +59,7 @@ class Vm:
     addresses: tuple[str, ...] = ()  # as the guest reports them (VMware Tools), primary first
     host: str = ""
     instance_uuid: str = ""
+    moid: str = ""  # vCenter's id of the VM, as the change feed names it
 
 
 # --- actions, in the order the adapter must run them ----------------------------------------

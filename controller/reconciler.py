@@ -78,6 +78,7 @@ def to_group(obj: dict[str, Any]) -> Group:
 @dataclass(frozen=True)
 class Outcome:
     converged: bool  # False: more to do (e.g. a rolling resize): requeue soon
+    observed: tuple[Vm, ...] | None = None  # vCenter as the reconcile last saw it, if it looked
 
 
 class Store(Protocol):
@@ -161,7 +162,7 @@ class Reconciler:
         metrics.observed_vms((group.namespace, group.name),
                              sum(vm.owner_uid == group.uid for vm in observed))
         self._report(obj, group, observed)
-        return Outcome(converged=result.converged)
+        return Outcome(converged=result.converged, observed=tuple(observed))
 
     def _run_vm_actions(self, obj: dict[str, Any], group: Group, vsphere: VSphere,
                         actions: list[Action], progress: Callable[[], None]) -> None:

@@ -359,7 +359,8 @@ class VSphere:
                           memory_mb=int(props.get("config.hardware.memoryMB", 0)),
                           power_state=power, addresses=_addresses(props),
                           host=self._host_name(props.get("runtime.host")),
-                          instance_uuid=str(props.get("config.instanceUuid") or "")))
+                          instance_uuid=str(props.get("config.instanceUuid") or ""),
+                          moid=obj.obj._moId))
         return vms
 
     def _host_name(self, host: Any) -> str:

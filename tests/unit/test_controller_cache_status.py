@@ -76,7 +76,9 @@ def test_an_unchanged_status_is_equal_to_the_stored_one() -> None:
     ({"status": {"phase": "RUNNING"}, "metadata": {"resourceVersion": "9"}}, False),
     ({"metadata": {"generation": 2}}, True),
     ({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}, True),
-    ({"metadata": {"finalizers": ["vm.codeconnect.vmworld.com/vms"]}}, True),
+    # our finalizer added: our own patch coming back (maybe before its answer did)
+    ({"metadata": {"finalizers": ["vm.codeconnect.vmworld.com/vms"]}}, False),
+    ({"metadata": {"finalizers": ["someone.else/cleanup"]}}, False),
     ({"metadata": {"annotations": {"a": "b"}}}, False),
 ])
 def test_only_changes_that_ask_for_work_wake_the_controller(change: dict[str, Any],
@@ -86,6 +88,13 @@ def test_only_changes_that_ask_for_work_wake_the_controller(change: dict[str, An
     before = {"metadata": meta, "spec": {"replicas": 1}}
     after = {**before, **change, "metadata": {**meta, **change.get("metadata", {})}}
     assert wants_work(before, after) is wanted
+
+
+def test_our_finalizer_taken_away_wakes_the_controller() -> None:
+    meta = {"namespace": "ns", "name": "vg", "uid": "u", "generation": 1,
+            "finalizers": ["vm.codeconnect.vmworld.com/vms", "someone.else/cleanup"]}
+    after = {"metadata": {**meta, "finalizers": ["someone.else/cleanup"]}}
+    assert wants_work({"metadata": meta}, after) is True
 
 
 def _vm(name: str, owner: str | None = "uid-1", **kwargs: Any) -> Vm:
