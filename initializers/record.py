@@ -10,7 +10,8 @@ object with one entry per injected initializer:
                        "m": {"app": ["/var/log"]},    # mounts it added, by the workload's container
                        "e": {"app": ["LOG_DIR"]}}}    # env it added, by the workload's container
 
-(empty fields are left out). The version is a content hash of the initializer as parsed, so an
+(empty fields are left out; `"l": 1` marks an entry carried over from the older record of names
+only, whose additions are not known). The version is a content hash of the initializer as parsed, so an
 edit of its ConfigMap that changes nothing (a comment, key order) is not a new version. What an
 initializer finds already there, identical, it does not add, and so does not record: stripping
 takes away exactly what the record names, never anything of the workload's own.
@@ -60,6 +61,8 @@ class Added:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": self.version}
+        if self.legacy:  # kept as such: written back plain, it would read as "added nothing"
+            out["l"] = 1
         for key, names in (("c", self.containers), ("i", self.init_containers),
                            ("vol", self.volumes)):
             if names:
@@ -97,7 +100,8 @@ def parse_record(value: Any) -> dict[str, Added]:
             record[name] = Added(
                 version=str(entry.get("v", "")), containers=_strings(entry.get("c")),
                 init_containers=_strings(entry.get("i")), volumes=_strings(entry.get("vol")),
-                mounts=_per_container(entry.get("m")), env=_per_container(entry.get("e")))
+                mounts=_per_container(entry.get("m")), env=_per_container(entry.get("e")),
+                legacy=entry.get("l") == 1)
     return record
 
 

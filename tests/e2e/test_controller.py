@@ -460,6 +460,8 @@ def test_the_status_tells_the_truth_while_work_happens(stack: LocalStack) -> Non
     watch = subprocess.Popen(
         [binary("kubectl"), f"--kubeconfig={stack.kubeconfig}", "-n", NAMESPACE, "get", "vg",
          "vg-1", "-w", "--no-headers"], stdout=subprocess.PIPE, text=True)
+    assert watch.stdout is not None
+    first = watch.stdout.readline()  # the watch is open: the scale cannot come before it
     try:
         run("scale", "vg", "vg-1", "--replicas=8")
         _wait_for_row(stack, _running(8))
@@ -467,6 +469,7 @@ def test_the_status_tells_the_truth_while_work_happens(stack: LocalStack) -> Non
     finally:
         watch.terminate()
         transcript, _ = watch.communicate(timeout=10)
+    transcript = first + transcript
     print("kubectl get vg -w:\n" + transcript)
     rows = [line.split(None, 7) for line in transcript.splitlines() if line.strip()]
     phases = [(r[1], int(r[2]), int(r[3])) for r in rows]

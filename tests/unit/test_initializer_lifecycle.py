@@ -211,6 +211,19 @@ def test_a_legacy_record_of_names_is_upgraded_to_a_versioned_one() -> None:
     assert record["logging-agent"].version == _version(V2)
 
 
+def test_a_legacy_name_of_a_deleted_initializer_stays_recorded_as_such() -> None:
+    """Carried into the JSON record, a legacy name keeps its mark: read back without it, it
+    would say "added nothing" and be dropped by the next update (found by hypothesis)."""
+    workload = deployment(annotations=ASK)
+    workload["spec"]["template"]["metadata"]["annotations"] = {RECORD_ANNOTATION: "gone"}
+    first, _ = _admit(workload, _registry(V1), "UPDATE")
+    record = parse_record(first["spec"]["template"]["metadata"]["annotations"][
+        RECORD_ANNOTATION])
+    assert record["gone"].legacy
+    again = _admit(first, _registry(V1), "UPDATE")[1]
+    assert "patch" not in again  # idempotent
+
+
 # --- strip-then-inject is inject, for any workload and any edit ----------------------------
 
 own_names = st.sampled_from(["app", "web", "db"])
