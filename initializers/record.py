@@ -11,10 +11,11 @@ object with one entry per injected initializer:
                        "e": {"app": ["LOG_DIR"]}}}    # env it added, by the workload's container
 
 (empty fields are left out; `"l": 1` marks an entry carried over from the older record of names
-only, whose additions are not known). The version is a content hash of the initializer as parsed, so an
-edit of its ConfigMap that changes nothing (a comment, key order) is not a new version. What an
-initializer finds already there, identical, it does not add, and so does not record: stripping
-takes away exactly what the record names, never anything of the workload's own.
+only, whose additions are not known). The version is a content hash of the initializer as
+parsed, so an edit of its ConfigMap that changes nothing (a comment, key order) is not a new
+version. What an initializer finds already there, identical, it does not add, and so does not
+record: stripping takes away exactly what the record names, never anything of the workload's
+own.
 
 Each injected initializer also labels the Pod (template) and the workload
 `initializer.vm.codeconnect.vmworld.com/<name>: <version>`, so one command lists who runs what:
