@@ -81,8 +81,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.__main__ import parser as controller_parser
-from hack.stack import CRD_PATH, LocalStack
-from hack.stack.components import Controller, kubectl
+from hack.stack import LocalStack
+from hack.stack.components import Controller, install_crd
 from vmgroup_api import GROUP, PLURAL, VERSION
 
 TARGET_RATIO, TARGET_HWM_MB = 1.25, 150.0
@@ -299,9 +299,7 @@ class Result:
 def _run(args: argparse.Namespace, work: Path, result: Result) -> None:
     with LocalStack(work, vcsim_method_delays=_delays(args)) as local:
         _progress(f"stack up; logs in {local.log_dir}")
-        kubectl(local.kubeconfig, "apply", "--server-side", "-f", str(CRD_PATH))
-        kubectl(local.kubeconfig, "wait", "--for=condition=Established",
-                f"crd/{PLURAL}.{GROUP}")
+        install_crd(local.kubeconfig)
         groups = Groups(local, args.namespaces)
         groups.create_namespaces()
         groups.create(0, args.groups, args.replicas)

@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from hack.stack import REPO, LocalStack, poll
-from hack.stack.components import kubectl
+from hack.stack import LocalStack, poll
+from hack.stack.components import install_crd, kubectl
 
 GROUP = """
 apiVersion: vm.codeconnect.vmworld.com/v1alpha1
@@ -67,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         def run(*words: str, stdin: str | None = None) -> str:
             return kubectl(stack.kubeconfig, "-n", "default", *words, stdin=stdin)
 
-        run("apply", "--server-side", "-f",
-            str(REPO / "charts/vmgroup-operator/crds/vmgroups.vm.codeconnect.vmworld.com.yaml"))
-        run("wait", "--for=condition=Established", "crd/vmgroups.vm.codeconnect.vmworld.com")
+        install_crd(stack.kubeconfig)
         stack.start_webhook()
         stack.start_controller(controller_args)
         run("apply", "-f", "-", stdin=GROUP)

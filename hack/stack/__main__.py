@@ -35,7 +35,7 @@ from typing import Any
 
 from hack.image.oci import full_name
 
-from .components import CRD_PATH, REPO, bin_dir, debs_root, kubectl
+from .components import REPO, bin_dir, debs_root, install_crd, kubectl
 from .node import unmount_under
 from .operator import RELEASE, Operator, build_image
 from .process import StackError, exited, poll, write_private
@@ -205,9 +205,7 @@ def _watch_over(state: State, stack: LocalStack, stop: threading.Event,
 
 def _install_api(config: Path) -> None:
     """Idempotent: the CRD (as the repository has it now) and the operator namespace."""
-    kubectl(config, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
-    kubectl(config, "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/vmgroups.vm.codeconnect.vmworld.com")
+    install_crd(config)
     namespace = kubectl(config, "create", "namespace", OPERATOR_NAMESPACE,
                         "--dry-run=client", "-o", "yaml")
     kubectl(config, "apply", "-f", "-", stdin=namespace)

@@ -71,6 +71,13 @@ def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
                           check=True, capture_output=True, text=True, timeout=120).stdout
 
 
+def install_crd(kubeconfig: Path) -> None:
+    """The VmGroup CRD as the repository has it now (idempotent), once it is Established."""
+    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
+    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
+            f"crd/{CRD_PATH.stem}")
+
+
 def free_port() -> int:
     """A port that was free a moment ago (each part binds it right after; clashes fail loudly)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -15,7 +15,7 @@ import pytest
 from controller.planner import Group, Vm
 from controller.vsphere import VCenterConfig, VSphere
 from hack.stack import REPO, LocalStack, binary, poll, vsphere
-from hack.stack.components import Controller, kubectl
+from hack.stack.components import Controller, install_crd, kubectl
 from tests.unit.test_contract import CONTRACT_COLUMNS
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
@@ -34,11 +34,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     # scale-up to kill the controller in.
     with LocalStack(tmp_path_factory.mktemp("controller"),
                     vcsim_method_delays={"CloneVM_Task": 500}) as local:
-        kubectl(local.kubeconfig, "apply", "--server-side", "-f",
-                str(REPO / "charts/vmgroup-operator/crds/vmgroups.vm.codeconnect.vmworld.com"
-                    ".yaml"))
-        kubectl(local.kubeconfig, "wait", "--for=condition=Established",
-                "crd/vmgroups.vm.codeconnect.vmworld.com")
+        install_crd(local.kubeconfig)
         kubectl(local.kubeconfig, "create", "namespace", NAMESPACE)
         local.start_webhook()
         local.start_controller(CONTROLLER_ARGS)

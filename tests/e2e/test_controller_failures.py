@@ -16,8 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from hack.stack import CRD_PATH, LocalStack, poll
-from hack.stack.components import Controller, kubeconfig, kubectl, write_kubeconfig
+from hack.stack import LocalStack, poll
+from hack.stack.components import (
+    Controller,
+    install_crd,
+    kubeconfig,
+    kubectl,
+    write_kubeconfig,
+)
 from tests.apiproxy import ApiProxy
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
@@ -32,9 +38,7 @@ ARGS = ["--resync-seconds=3600"]
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     with LocalStack(tmp_path_factory.mktemp("failures"),
                     vcsim_method_delays={"CloneVM_Task": 200}) as local:
-        kubectl(local.kubeconfig, "apply", "--server-side", "-f", str(CRD_PATH))
-        kubectl(local.kubeconfig, "wait", "--for=condition=Established",
-                "crd/vmgroups.vm.codeconnect.vmworld.com")
+        install_crd(local.kubeconfig)
         kubectl(local.kubeconfig, "create", "namespace", NAMESPACE)
         yield local
 

@@ -25,8 +25,8 @@ import pytest
 
 from controller.planner import Group
 from controller.vsphere import VCenterConfig, VSphere
-from hack.stack import REPO, LocalStack, poll
-from hack.stack.components import kubectl
+from hack.stack import LocalStack, poll
+from hack.stack.components import install_crd, kubectl
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
 
@@ -46,11 +46,7 @@ spec: {replicas: 2, template: vm-operator-template}
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     with LocalStack(tmp_path_factory.mktemp("outage"),
                     vcsim_task_delays={"CloneVm": 2000}) as local:
-        kubectl(local.kubeconfig, "apply", "--server-side", "-f",
-                str(REPO / "charts/vmgroup-operator/crds/vmgroups.vm.codeconnect.vmworld.com"
-                    ".yaml"))
-        kubectl(local.kubeconfig, "wait", "--for=condition=Established",
-                "crd/vmgroups.vm.codeconnect.vmworld.com")
+        install_crd(local.kubeconfig)
         kubectl(local.kubeconfig, "create", "namespace", NAMESPACE)
         local.start_webhook()
         local.start_controller([f"--vcenter-timeout={TIMEOUT}"])
