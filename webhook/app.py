@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from initializers.registry import Registry
@@ -97,7 +97,6 @@ def create_app(policy: Policy | None = None, *,
     }
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     for path, handler in handlers.items():
         app.add_url_rule(path, view_func=_admission_view(path, handler), methods=["POST"])
 
@@ -117,8 +116,8 @@ def create_app(policy: Policy | None = None, *,
         return Response(body, content_type=content_type)
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> tuple[Response, int]:
+    def http_error(exc: HTTPException) -> Response:
         # 404, 405, 413 (body over the limit)...: a JSON error the caller can read, not HTML.
-        return jsonify(error=f"{exc.name}: {exc.description}"), exc.code or 400
+        return _json({"error": f"{exc.name}: {exc.description}"}, exc.code or 400)
 
     return app
