@@ -48,7 +48,7 @@ from .planner import (
 log = logging.getLogger("vmgroup.controller.vsphere")
 
 TASK_TIMEOUT = 600.0
-TASK_WAIT_SECONDS = 10  # one long poll for a task's state answers at least this often...
+TASK_WAIT_SECONDS = 10  # one long poll for a task's state answers at least this often
 VM_PROPERTIES = ["name", "runtime.powerState", "config.hardware.numCPU",
                  "config.hardware.memoryMB", "config.extraConfig",
                  # for status.vms: what a user asks first about a VM
@@ -186,7 +186,9 @@ class VSphere:
     def __init__(self, config: VCenterConfig, tasks: threading.Semaphore | None = None, *,
                  timeout: float | None = None) -> None:
         self.config = config
-        self._timeout = timeout or config.timeout
+        # A task's long poll answers well within the call timeout, or a quiet task would look
+        # like an unanswered call.
+        self._task_wait = max(1, min(TASK_WAIT_SECONDS, int((timeout or config.timeout) / 2)))
         # Shared by every session of the process: at most this many vCenter tasks at once.
         self._tasks = tasks or threading.Semaphore(config.max_tasks)
         # Enough pooled connections for every task being followed plus the workers' reads.
@@ -430,10 +432,7 @@ class VSphere:
             if collector is None:
                 collector = self.content.propertyCollector.CreatePropertyCollector()
             try:
-                # ... and well within the call timeout, or a quiet task would look like an
-                # unanswered call.
-                wait = max(1, min(TASK_WAIT_SECONDS, int(self._timeout / 2)))
-                result = self._follow(collector, task, wait)
+                result = self._follow(collector, task, self._task_wait)
             except VSphereError as exc:
                 if exc.fault is not None:  # the task failed; the collector is fine
                     self._give_back(collector)
