@@ -48,8 +48,8 @@ def parser() -> argparse.ArgumentParser:
     add("base-folder", "vmgroup-operator", "VM folder holding the groups' folders")
     add("resource-pool", "", "resource pool for new VMs (default: the first cluster's)")
     add("datastore", "", "datastore for new VMs (default: the template's)")
-    add("workers", 0, "groups reconciled in parallel (default: as many as "
-        "--max-vcenter-tasks, so that groups of one VM can use every task slot)", int)
+    add("workers", 4, "groups reconciled in parallel (default: %(default)s; a reconcile "
+        "starts vCenter tasks and does not wait for them)", int)
     add("max-vcenter-tasks", 10, "vCenter tasks at once, all groups together "
         "(default: %(default)s)", int)
     add("resync-seconds", 600, "every group is looked at this often (default: %(default)s)",
@@ -101,7 +101,7 @@ def _worker(queue: Any, reconciler: Any, outage: Any, echoes: Any,
                 log.debug("reconciled", extra={
                     "vmgroup": "/".join(key), "result": result,
                     "duration": round(time.perf_counter() - started, 3)})
-                if not outcome.converged:
+                if not outcome.converged and not outcome.waiting:
                     queue.add_after(key, 1.0)
             except Exception as exc:
                 metrics.RECONCILES.labels("error").inc()
@@ -124,14 +124,35 @@ def _worker(queue: Any, reconciler: Any, outage: Any, echoes: Any,
     return work
 
 
-def _follow_vcenter(vcenter: Any, queue: Any, sessions: Any) -> tuple[Any, Any, Any]:
+def _follow_vcenter(vcenter: Any, queue: Any, sessions: Any, tasks: Any
+                    ) -> tuple[Any, Any, Any]:
     """vCenter's change feed (through the echo filter) and the outage wait, started."""
     from .echo import EchoFilter  # noqa: PLC0415
     from .feed import VCenterFeed  # noqa: PLC0415
 
-    echoes: EchoFilter[Any] = EchoFilter(queue.add).start()
+    # A group with VM actions in flight hears of their ends from them, not from the feed.
+    echoes: EchoFilter[Any] = EchoFilter(queue.add, quiet=tasks.busy)
+    echoes.start()
     feed = VCenterFeed(vcenter, echoes.changed).start()
     return echoes, feed, _outage(queue, feed, sessions)
+
+
+def _vm_actions(api: Any, sessions: Any, informer: Any, queue: Any, slots: int
+                ) -> tuple[Any, Any, Any]:
+    """The task watch, the VM actions in flight, and the reconciler that starts them."""
+    from . import metrics  # noqa: PLC0415
+    from .reconciler import Reconciler  # noqa: PLC0415
+    from .tasks import Tasks  # noqa: PLC0415
+    from .vsphere import TaskWatch, VSphere  # noqa: PLC0415
+
+    watch = TaskWatch(sessions.get).start()
+    tasks: Tasks[Any] = Tasks(slots, watch, enqueue=queue.add, enqueue_after=queue.add_after,
+                              # the reconciler is made next, with these tasks
+                              ended=lambda chain, error: reconciler.ended(chain, error),  # noqa: PLW0108
+                              forgive=VSphere.done_anyway)
+    reconciler = Reconciler(api, sessions.get, informer, tasks)
+    metrics.TASKS_IN_FLIGHT.set_function(lambda: len(tasks))
+    return watch, tasks, reconciler
 
 
 def _outage(queue: Any, feed: Any, sessions: Any) -> Any:
@@ -186,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import metrics  # noqa: PLC0415
     from .informer import Key, VmGroupInformer  # noqa: PLC0415
-    from .reconciler import Reconciler  # noqa: PLC0415
     from .vsphere import Sessions, VCenterConfig  # noqa: PLC0415
 
     vcenter = VCenterConfig(
@@ -209,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     elector = LeaseElector(api, args.leader_election_namespace, args.lease_name,
                            f"{socket.gethostname()}_{os.getpid()}") if args.leader_elect else None
     workers: list[threading.Thread] = []
-    count = args.workers or args.max_vcenter_tasks
+    count = max(1, args.workers)
     metrics.QUEUE_DEPTH.set_function(lambda: len(queue))
     health = metrics.serve(
         args.health_bind, healthy=lambda: all(w.is_alive() for w in workers),
@@ -222,9 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     informer.start()
-    echoes, feed, outage = _follow_vcenter(vcenter, queue, sessions)
-    work = _worker(queue, Reconciler(api, sessions.get, informer,
-                                     parallel=args.max_vcenter_tasks), outage, echoes, log)
+    watch, tasks, reconciler = _vm_actions(api, sessions, informer, queue,
+                                           args.max_vcenter_tasks)
+    echoes, feed, outage = _follow_vcenter(vcenter, queue, sessions, tasks)
+    work = _worker(queue, reconciler, outage, echoes, log)
     workers += [threading.Thread(target=work, name=f"worker-{i}", daemon=True)
                 for i in range(count)]
     for worker in workers:
@@ -232,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("started", extra={"workers": count, "vcenter": args.vcenter_host})
     stop.wait()
     log.info("stopping")
-    for part in (informer, feed, outage, echoes):
+    for part in (informer, feed, outage, echoes, watch, tasks):
         part.stop()
     queue.close()
     for worker in workers:

@@ -55,8 +55,12 @@ class EchoFilter(Generic[K]):
     GRACE = 1.0  # seconds after a reconcile in which a lagging echo of its work may still come
 
     def __init__(self, enqueue: Callable[[K], None], *,
+                 quiet: Callable[[K], bool] = lambda _: False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._enqueue = enqueue
+        # Groups whose own work is in flight: its end queues them, and a reconcile then
+        # observes everything afresh, so vCenter's news of them is not needed meanwhile.
+        self._quiet = quiet
         self._clock = clock
         self._lock = threading.Lock()
         self._busy: set[K] = set()
@@ -75,6 +79,8 @@ class EchoFilter(Generic[K]):
 
     def changed(self, key: K, moid: str, kind: str, values: Mapping[str, Any]) -> None:
         """The feed reports a change of VM `moid` of group `key`."""
+        if self._quiet(key):
+            return
         with self._lock:
             known = self._pending.setdefault(key, {})
             was, before = known.get(moid, ("", {}))

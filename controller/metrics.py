@@ -19,6 +19,8 @@ VCENTER_CALLS = Counter("vmgroup_controller_vcenter_calls_total",
 API_REQUESTS = Counter("vmgroup_controller_api_requests_total",
                        "Kubernetes API requests by verb and resource.", ["verb", "resource"])
 QUEUE_DEPTH = Gauge("vmgroup_controller_queue_depth", "VmGroups waiting to be reconciled.")
+TASKS_IN_FLIGHT = Gauge("vmgroup_controller_vm_actions_in_flight",
+                        "VM actions (chains of vCenter tasks) started and not yet ended.")
 MANAGED_VMS = Gauge("vmgroup_controller_managed_vms",
                     "VMs owned by VmGroups, as last observed.")
 

@@ -2,9 +2,11 @@
 
 Level-triggered: it takes the newest copy of the object (the informer's cache) and observes
 vCenter afresh every time, so the same call after a restart, a missed event or a failure
-converges to the same result. The plan's VM actions run at once (each touches another VM).
-A failure is reported in status (phase ERROR, a clear lastMessage) and raised, for the queue
-to retry with backoff.
+converges to the same result. The plan's VM actions are started, all at once (each touches
+another VM), and the reconcile returns: controller.tasks follows them and queues the group
+again when they end, so a worker never waits for vCenter's tasks. A VM with an action in flight
+is left to it. A failure is reported in status (phase ERROR, a clear lastMessage) and raised,
+for the queue to retry with backoff.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import datetime
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,7 +36,6 @@ from vmgroup_api import (
 from . import metrics
 from . import status as status_mod
 from .planner import (
-    Action,
     Clone,
     DeleteFolder,
     Destroy,
@@ -47,11 +47,10 @@ from .planner import (
     Vm,
     plan,
 )
+from .tasks import Chain, Tasks
 from .vsphere import VSphere, VSphereError
 
 log = logging.getLogger("vmgroup.controller")
-PROGRESS_SECONDS = 1.0  # a group's status is written at most this often while actions run
-
 VM_ACTIONS = (Clone, PowerOn, Reconfigure, Destroy)
 
 
@@ -78,6 +77,7 @@ def to_group(obj: dict[str, Any]) -> Group:
 @dataclass(frozen=True)
 class Outcome:
     converged: bool  # False: more to do (e.g. a rolling resize): requeue soon
+    waiting: bool = False  # for VM actions in flight (or a task slot): their end requeues it
     observed: tuple[Vm, ...] | None = None  # vCenter as the reconcile last saw it, if it looked
 
 
@@ -89,18 +89,19 @@ class Store(Protocol):
 
 
 class Reconciler:
-    def __init__(self, api: client.ApiClient, vsphere: Callable[[], VSphere], store: Store, *,
-                 parallel: int = 10) -> None:
+    def __init__(self, api: client.ApiClient, vsphere: Callable[[], VSphere], store: Store,
+                 tasks: Tasks[tuple[str, str]]) -> None:
         self._custom = client.CustomObjectsApi(api)
         self._events = EventRecorder(client.CoreV1Api(api), "vmgroup-controller")
         self._vsphere = vsphere
         self._store = store
-        self._parallel = parallel  # VM actions of one group at once (the task cap still rules)
+        self._tasks = tasks  # VM actions in flight; tell it of their ends through ended()
 
     def reconcile(self, namespace: str, name: str) -> Outcome:
         obj = self._store.get((namespace, name))
         if obj is None:
             metrics.observed_vms((namespace, name), None)
+            self._tasks.forget((namespace, name))
             return Outcome(converged=True)  # deleted: its finalizer saw to the VMs
         try:
             group = to_group(obj)
@@ -134,86 +135,53 @@ class Reconciler:
             vms=status_mod.vm_view(group.namespace, group.name, group.uid, observed)))
 
     def _act(self, obj: dict[str, Any], group: Group) -> Outcome:
+        key = (group.namespace, group.name)
+        if failures := self._tasks.failures(key):
+            # Reported as the group's error; the retry, after its backoff, starts work again.
+            raise failures[0]
         vsphere = self._vsphere()
         observed = vsphere.observe(group)
         result = plan(group, observed)
-        if result.actions:  # what is about to happen, before it takes the seconds it takes
-            obj = self._report(obj, group, observed)
-        current = obj
-
-        def progress() -> None:  # while actions run: what is, at most once a second
-            nonlocal current
-            current = self._report(current, group, vsphere.observe(group))
-
-        self._run_vm_actions(obj, group, vsphere,
-                             [a for a in result.actions if isinstance(a, VM_ACTIONS)],
-                             progress)
-        obj = current
-        for action in result.actions:  # then the folder and the finalizer, in order
+        running = self._tasks.running(key)
+        todo = [a for a in result.actions if isinstance(a, VM_ACTIONS) and a.name not in running]
+        metrics.observed_vms(key, sum(vm.owner_uid == group.uid for vm in observed))
+        # Handed over, to start as task slots free; their ends queue the group again.
+        self._tasks.want(key, [(getattr(a, "name", ""), a, vsphere.steps(group, a))
+                               for a in todo])
+        # One write: what is, and what is about to happen (its message says what runs).
+        obj = self._report(obj, group, observed)
+        if running or todo:  # the folder and the finalizer wait for the VMs
+            return Outcome(converged=False, waiting=True, observed=tuple(observed))
+        for action in result.actions:  # the folder and the finalizer, in order
             if isinstance(action, DeleteFolder):
-                vsphere.execute(group, action)
+                vsphere.delete_folders(group)
             elif isinstance(action, RemoveFinalizer):
                 self._patch_finalizers(obj, [f for f in obj["metadata"].get("finalizers") or []
                                              if f != FINALIZER])
                 return Outcome(converged=True)
-        if result.actions:
-            observed = vsphere.observe(group)  # report what is, after acting
-            result = plan(group, observed)
-        metrics.observed_vms((group.namespace, group.name),
-                             sum(vm.owner_uid == group.uid for vm in observed))
-        self._report(obj, group, observed)
         return Outcome(converged=result.converged, observed=tuple(observed))
 
-    def _run_vm_actions(self, obj: dict[str, Any], group: Group, vsphere: VSphere,
-                        actions: list[Action], progress: Callable[[], None]) -> None:
-        """The plan's VM actions, at once: each touches another VM (planner's rule). Every one
-        is carried out or fails on its own; the first failure is raised after all are done.
-        As they complete, `progress` reports, at most once a second."""
-        if not actions:
+    def ended(self, chain: Chain[tuple[str, str]], error: BaseException | None) -> None:
+        """A VM action ended (controller.tasks): its log line, and its Event when it worked."""
+        fields = {"vmgroup": "/".join(chain.key), "vm": chain.vm,
+                  "action": type(chain.action).__name__,
+                  "duration": round(time.monotonic() - chain.started, 3)}
+        if error is not None:
+            log.warning("vm action failed", extra={**fields, "result": "error",
+                                                   "error": str(error)})
             return
-        def logged(action: Action) -> None:
-            """One structured line per VM action and its outcome."""
-            started = time.perf_counter()
-            fields = {"vmgroup": f"{group.namespace}/{group.name}",
-                      "vm": getattr(action, "name", ""), "action": type(action).__name__}
-            try:
-                vsphere.execute(group, action)
-            except Exception as exc:
-                log.warning("vm action failed", extra={
-                    **fields, "duration": round(time.perf_counter() - started, 3),
-                    "result": "error", "error": str(exc)})
-                raise
-            log.info("vm action", extra={**fields, "result": "success",
-                                         "duration": round(time.perf_counter() - started, 3)})
-
-        with ThreadPoolExecutor(max_workers=min(len(actions), self._parallel),
-                                thread_name_prefix="vm-action") as pool:
-            futures = [(action, pool.submit(logged, action)) for action in actions]
-            pending, reported = {f for _, f in futures}, time.monotonic()
-            while pending:
-                _, pending = wait(pending, timeout=PROGRESS_SECONDS, return_when=FIRST_COMPLETED)
-                if pending and time.monotonic() - reported >= PROGRESS_SECONDS:
-                    reported = time.monotonic()
-                    try:
-                        progress()
-                    except (VSphereError, ApiException) as problem:  # a report, not the work
-                        log.warning("could not report progress", extra={
-                            "vmgroup": f"{group.namespace}/{group.name}", "error": str(problem)})
-        failures = []
-        for action, future in futures:
-            if (exc := future.exception()) is not None:
-                failures.append(exc)
-                continue
-            match action:
-                case Clone(vm_name):
-                    self._event(obj, "Normal", "Created", f"created VM {vm_name}")
-                case Destroy(vm_name):
-                    self._event(obj, "Normal", "Deleted", f"deleted VM {vm_name}")
-                case Reconfigure(vm_name, cpu, memory_mb):
-                    self._event(obj, "Normal", "Reconfigured",
-                                f"reconfigured VM {vm_name} to {cpu} vCPUs, {memory_mb} MB")
-        if failures:
-            raise failures[0]
+        log.info("vm action", extra={**fields, "result": "success"})
+        obj = self._store.get(chain.key)
+        if obj is None:
+            return
+        match chain.action:
+            case Clone(vm_name):
+                self._event(obj, "Normal", "Created", f"created VM {vm_name}")
+            case Destroy(vm_name):
+                self._event(obj, "Normal", "Deleted", f"deleted VM {vm_name}")
+            case Reconfigure(vm_name, cpu, memory_mb):
+                self._event(obj, "Normal", "Reconfigured",
+                            f"reconfigured VM {vm_name} to {cpu} vCPUs, {memory_mb} MB")
 
     def _patch_finalizers(self, obj: dict[str, Any], finalizers: list[str]) -> None:
         meta = obj["metadata"]

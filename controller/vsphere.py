@@ -34,14 +34,12 @@ from vmgroup_api import OWNER_KEY
 from . import metrics
 from .planner import (
     Action,
-    AddFinalizer,
     Clone,
     DeleteFolder,
     Destroy,
     Group,
     PowerOn,
     Reconfigure,
-    RemoveFinalizer,
     Vm,
 )
 
@@ -387,35 +385,29 @@ class VSphere:
     # --- acting ------------------------------------------------------------------------------
 
     def execute(self, group: Group, action: Action) -> None:
-        """Carry out one planned action (finalizers are the Kubernetes side's)."""
+        """Carry out one planned action and wait for it here. The controller runs VM actions
+        through controller.tasks instead, which waits for nobody; this is for the folders, and
+        for tests that want each action done before the next."""
+        if isinstance(action, DeleteFolder):
+            self.delete_folders(group)
+            return
+        result = None
         try:
-            self._execute(group, action)
+            for step in self.steps(group, action):
+                if (task := step(result)) is not None:
+                    with self._tasks:
+                        result = self._wait(task)
+        except VSphereError as exc:
+            if not self.done_anyway(exc):
+                raise
+
+    def delete_folders(self, group: Group) -> None:
+        """The group's folder, then its namespace folder when no other group uses it."""
+        try:
+            self._delete_folders(group)
         except vmodl.fault.ManagedObjectNotFound as exc:
             self.forget()  # something we remembered is gone: the retry looks it up again
             raise VSphereError(f"{exc.obj} is gone from vCenter") from None
-
-    def _execute(self, group: Group, action: Action) -> None:
-        match action:
-            case Clone():
-                self._clone(group, action)
-            case PowerOn(name):
-                self._task(self._vm(group, name), "PowerOnVM_Task")
-            case Reconfigure(name, cpu, memory_mb):
-                vm = self._vm(group, name)
-                if vm.runtime.powerState == "poweredOn":
-                    self._task(vm, "PowerOffVM_Task")
-                self._task(vm, "ReconfigVM_Task",
-                           spec=vim.vm.ConfigSpec(numCPUs=cpu, memoryMB=memory_mb))
-                self._task(vm, "PowerOnVM_Task")
-            case Destroy(name):
-                vm = self._vm(group, name)
-                if vm.runtime.powerState == "poweredOn":
-                    self._task(vm, "PowerOffVM_Task")
-                self._task(vm, "Destroy_Task")
-            case DeleteFolder():
-                self._delete_folders(group)
-            case AddFinalizer() | RemoveFinalizer():
-                raise ValueError(f"{action} is not a vSphere action")
 
     def _task(self, obj: Any, method: str, **kwargs: Any) -> Any:
         """Run `obj.method(**kwargs)`, a vSphere task, and wait for it, within the process's
@@ -487,7 +479,52 @@ class VSphere:
             if not abandoned:
                 task_filter.DestroyPropertyFilter()
 
-    def _clone(self, group: Group, action: Clone) -> None:
+    def steps(self, group: Group, action: Action) -> list[Callable[[Any], Any]]:
+        """The vCenter tasks a VM action is, in order (controller.tasks runs them): each starts
+        one, given the result of the task before it, or returns None when it has nothing to
+        do. The first runs on the reconcile's thread, so its lookups fail the reconcile."""
+        match action:
+            case Clone():
+                # Powered on explicitly, as a task of its own: each is followed and counted.
+                return [self._guarded(lambda _: self._start_clone(group, action)),
+                        self._guarded(lambda vm: vm.PowerOnVM_Task())]
+            case PowerOn(name):
+                return [self._guarded(lambda _: self._vm(group, name).PowerOnVM_Task())]
+            case Reconfigure(name, cpu, memory_mb):
+                vm: list[Any] = []  # looked up by the first step
+                spec = vim.vm.ConfigSpec(numCPUs=cpu, memoryMB=memory_mb)
+                return [self._guarded(lambda _: self._power_off(vm, group, name)),
+                        self._guarded(lambda _: vm[0].ReconfigVM_Task(spec=spec)),
+                        self._guarded(lambda _: vm[0].PowerOnVM_Task())]
+            case Destroy(name):
+                found: list[Any] = []
+                return [self._guarded(lambda _: self._power_off(found, group, name)),
+                        self._guarded(lambda _: found[0].Destroy_Task())]
+        raise ValueError(f"{action} is not a VM action")
+
+    def _power_off(self, into: list[Any], group: Group, name: str) -> Any:
+        """Look the VM up (into `into`, for the steps after) and power it off if it is on."""
+        into.append(self._vm(group, name))
+        return into[0].PowerOffVM_Task() if into[0].runtime.powerState == "poweredOn" else None
+
+    def _guarded(self, step: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def guarded(previous: Any) -> Any:
+            try:
+                return step(previous)
+            except vmodl.fault.ManagedObjectNotFound as exc:
+                self.forget()  # something we remembered is gone: the retry looks it up again
+                raise VSphereError(f"{exc.obj} is gone from vCenter") from None
+            except vmodl.MethodFault as exc:
+                raise _task_error(exc) from None
+        return guarded
+
+    @staticmethod
+    def done_anyway(error: BaseException) -> bool:
+        """A clone that failed because its VM exists: made by an earlier attempt (a crash, or
+        an answer lost in an outage), so the next observation decides what it needs."""
+        return isinstance(error, VSphereError) and isinstance(error.fault, vim.fault.DuplicateName)
+
+    def _start_clone(self, group: Group, action: Clone) -> Any:
         template = self.template(action.template)
         folder = self.group_folder(group, create=True)
         relocate = vim.vm.RelocateSpec(pool=self._pool())
@@ -498,16 +535,7 @@ class VSphere:
             config=vim.vm.ConfigSpec(
                 numCPUs=action.cpu, memoryMB=action.memory_mb,
                 extraConfig=[vim.option.OptionValue(key=OWNER_KEY, value=group.uid)]))
-        try:
-            clone = self._task(template, "CloneVM_Task", folder=folder, name=action.name,
-                               spec=spec)
-        except VSphereError as exc:
-            if not isinstance(exc.fault, vim.fault.DuplicateName):
-                raise
-            # Made by an earlier attempt (a crash after the clone): the next observation
-            # decides what to do with it.
-            return
-        self._task(clone, "PowerOnVM_Task")  # explicitly, as its own tracked task
+        return template.CloneVM_Task(folder=folder, name=action.name, spec=spec)
 
     def _delete_folders(self, group: Group) -> None:
         """The group's folder, then its namespace folder when no other group uses it."""
@@ -519,6 +547,183 @@ class VSphere:
             self._task(folder, "Destroy_Task")
             with self._lock:
                 self._known.pop(("folder", *path), None)
+
+
+@dataclass
+class _Followed:
+    task: Any
+    ended: Callable[[Any, BaseException | None], None]
+    silent: Callable[[BaseException], None]
+    deadline: float
+    filter: Any = None  # on the current collector; None: not made yet
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class TaskWatch:
+    """Every vCenter task in flight, followed by one property collector for the whole process:
+    vCenter pushes each task's end through one long poll (WaitForUpdatesEx), and whoever
+    started the task is told. A task followed is given its filter, and its state is read once
+    (it may have ended before the filter was made); after that only vCenter's pushes count.
+    Adding a task interrupts the long poll (CancelWaitForUpdates), so it is taken in at once.
+
+    A long poll that vCenter does not answer leaves its collector behind (a second poll on
+    it would race the first for updates): the next round makes a new collector, filters every
+    task again and reads their states. Tasks that do not end within TASK_TIMEOUT fail."""
+
+    QUIET_WAIT = 2  # seconds: a long poll's wait while tasks are followed (a lost interrupt)
+
+    def __init__(self, session: Callable[[], VSphere], *,
+                 timeout: float = TASK_TIMEOUT) -> None:
+        self._session = session
+        self._timeout = timeout
+        self._cond = threading.Condition()
+        self._followed: dict[str, _Followed] = {}  # task moid -> what follows it
+        self._collector: Any = None
+        self._polling = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="task-watch", daemon=True)
+
+    def start(self) -> TaskWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._followed)
+
+    def follow(self, task: Any, ended: Callable[[Any, BaseException | None], None],
+               silent: Callable[[BaseException], None]) -> None:
+        """Tell `ended` the task's result (or its failure as a VSphereError) when it ends, and
+        `silent` when vCenter stops answering meanwhile (the task is still followed)."""
+        with self._cond:
+            self._followed[task._moId] = _Followed(task, ended, silent,
+                                                   time.monotonic() + self._timeout)
+            self._cond.notify_all()
+            collector = self._collector if self._polling else None
+        if collector is not None:
+            with contextlib.suppress(Exception):  # lost: the poll's short wait takes it in
+                collector.CancelWaitForUpdates()
+
+    def _run(self) -> None:
+        version, answered = "", True
+        while not self._stop.is_set():
+            with self._cond:
+                while not self._followed and not self._stop.is_set():
+                    self._cond.wait()
+            try:
+                version = self._round(version)
+                answered = True
+            except VSphereError as exc:
+                if not exc.unreachable:
+                    log.warning("following vCenter tasks failed", extra={"error": str(exc)})
+                elif answered:  # the first silence of an outage: whoever waits should know
+                    answered = False
+                    with self._cond:
+                        told = [f.silent for f in self._followed.values()]
+                    for silent in told:
+                        silent(exc)
+                version = self._reset()
+                self._stop.wait(1.0)
+            except vmodl.fault.RequestCanceled:
+                pass  # a task was added: take it in
+            except vmodl.fault.ManagedObjectNotFound:  # the collector went with its session
+                version = self._reset()
+            except Exception as exc:
+                log.warning("following vCenter tasks failed", exc_info=True,
+                            extra={"error": str(exc)})
+                version = self._reset()
+                self._stop.wait(1.0)
+
+    def _reset(self) -> str:
+        """Start again on a new collector: every task is filtered and read afresh."""
+        with self._cond:
+            self._collector, self._polling = None, False
+            for followed in self._followed.values():
+                followed.filter = None
+        return ""
+
+    def _round(self, version: str) -> str:
+        """Take in new tasks, then wait once for vCenter's news; the version to wait from."""
+        session = self._session()
+        if self._collector is None:
+            collector = session.content.propertyCollector.CreatePropertyCollector()
+            with self._cond:
+                self._collector = collector
+        collector = self._collector
+        with self._cond:
+            new = [f for f in self._followed.values() if f.filter is None]
+        for followed in new:
+            followed.filter = collector.CreateFilter(
+                PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=followed.task)], propSet=[
+                    PC.PropertySpec(type=vim.Task, pathSet=TASK_PROPERTIES)]),
+                partialUpdates=False)
+        if new and version:  # (the first poll of a collector answers with every state)
+            self._read(session, new)
+        self._expire()
+        with self._cond:
+            if any(f.filter is None for f in self._followed.values()):
+                return version  # more came meanwhile
+            if not self._followed:
+                return version
+            self._polling = True
+        try:
+            update = collector.WaitForUpdatesEx(version, PC.WaitOptions(
+                maxWaitSeconds=self.QUIET_WAIT))
+        finally:
+            with self._cond:
+                self._polling = False
+        if update is None:
+            return version
+        for change_set in update.filterSet:
+            for obj in change_set.objectSet:
+                self._apply(obj.obj._moId, {c.name: c.val for c in obj.changeSet or []})
+        return str(update.version)
+
+    def _read(self, session: VSphere, followed: list[_Followed]) -> None:
+        """The states of `followed` tasks, in one call."""
+        try:
+            found = session.content.propertyCollector.RetrieveContents([PC.FilterSpec(
+                objectSet=[PC.ObjectSpec(obj=f.task) for f in followed],
+                propSet=[PC.PropertySpec(type=vim.Task, pathSet=TASK_PROPERTIES)])])
+        except vmodl.fault.ManagedObjectNotFound as exc:  # a task vCenter no longer has
+            self._end(exc.obj._moId, None, VSphereError(f"task {exc.obj._moId} is gone"))
+            return
+        for obj in found:
+            self._apply(obj.obj._moId, {p.name: p.val for p in obj.propSet})
+
+    def _apply(self, moid: str, changes: dict[str, Any]) -> None:
+        with self._cond:
+            followed = self._followed.get(moid)
+            if followed is None:
+                return
+            followed.state.update(changes)
+            state = followed.state.get("info.state")
+        if state == vim.TaskInfo.State.success:
+            self._end(moid, followed.state.get("info.result"), None)
+        elif state == vim.TaskInfo.State.error:
+            self._end(moid, None, _task_error(followed.state.get("info.error")))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            late = [moid for moid, f in self._followed.items() if f.deadline < now]
+        for moid in late:
+            self._end(moid, None, VSphereError(f"task {moid} timed out"))
+
+    def _end(self, moid: str, result: Any, error: BaseException | None) -> None:
+        with self._cond:
+            followed = self._followed.pop(moid, None)
+        if followed is None:
+            return
+        if followed.filter is not None:
+            with contextlib.suppress(Exception):  # it goes with its collector anyway
+                followed.filter.DestroyPropertyFilter()
+        followed.ended(result, error)
 
 
 class Sessions:

@@ -6,7 +6,7 @@
 - A failed key comes back after a per-key exponential backoff with a cap; a success forgets
   its failures.
 - A key waits for a later time at most once, for the earliest time asked: failures that come
-  in a burst do not each bring it back.
+  in a burst do not each bring it back; added now, it no longer waits for the later time.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ class WorkQueue(Generic[K]):
 
     def add(self, key: K) -> None:
         with self._cond:
+            # Work from now on covers whatever a later time was asked for (a reconcile looks at
+            # everything afresh), so that time is dropped rather than bringing it back again.
+            self._due.pop(key, None)
             self._offer(key)
 
     def add_after(self, key: K, delay: float) -> None:
