@@ -1,10 +1,9 @@
-"""Controller benchmark: vmgroup-controller against vcsim with per-method delays that model a
-real vCenter.
+"""Controller benchmark: vmgroup-controller against vcsim with delays that model a real vCenter.
 
     make bench-controller                   # or: .venv/bin/python -m bench.controller --help
     make bench-controller BENCH_ARGS='--quick'   # a smoke run of a few minutes (10 groups)
 
-The full run takes about 15 minutes on 2 cores, most of it the idle window and the memory phase.
+The full run (1000 groups of 3, then 10,000 groups) takes about 35 minutes on 2 cores.
 Phases, on one local stack (etcd, kube-apiserver, kube-controller-manager, vcsim):
 
 1. converge: `--groups` VmGroups (cpu 1, memory 1, `--replicas` each, template
@@ -12,22 +11,25 @@ Phases, on one local stack (etcd, kube-apiserver, kube-controller-manager, vcsim
    running; then it starts and the time until every group reports phase RUNNING with all its
    replicas is measured from the start of its process (the API is listed every 0.5 s). The
    bound is what the task cap allows: ceil(groups x replicas / cap) x (clone + power-on delay).
-   Target: within 1.25x of it.
-2. idle: once the controller has settled (nothing queued, no reconcile and no call but the
-   idle ones for 5 s, and a whole long poll of the change feed came back with nothing: the
-   feed may still be working off VM changes well after the groups report RUNNING; how long
-   that takes, and its calls, are reported apart as "settle"), vCenter calls by method over
-   `--idle-seconds`. Target: nothing but the change feed's long poll (WaitForUpdatesEx, one per
-   60 s) and the session keep-alive (CurrentTime). The periodic resync re-reads every group
+   Target: within 1.1x of it, and at most 2 reconciles per group until all are RUNNING. The CPU
+   each part of the stack used meanwhile is printed: on 2 cores they all share, it says who
+   made the run slower than the bound.
+2. settle and idle: once the controller has settled (nothing queued, no reconcile, no vCenter
+   call but the idle ones and no change from the feed for 5 s), vCenter calls by method over
+   `--idle-seconds`. Targets: nothing but the change feed's long poll (WaitForUpdatesEx, one
+   per 60 s) and the session keep-alive (CurrentTime); and the feed quiet, i.e. no group queued
+   by a vCenter change (`vmgroup_controller_vcenter_wakeups_total`) later than 30 s after
+   convergence, until the end of the idle window. The periodic resync re-reads every group
    (one RetrieveProperties each); it is steady-state work, not idleness, so it is moved beyond
    the run (`--resync-seconds`, default 3600 here, 600 in the controller) and the output says
-   so.
-3. memory: groups are added up to `--rss-groups` in all, with `--rss-replicas` VMs each (1 by
+   so. The controller's memory is read here: target VmRSS <= 64 MB when `--groups` is 100 or
+   fewer (`--groups 100 --rss-groups 0` measures just that).
+3. memory: groups are added up to `--rss-groups` in all, with `--rss-replicas` VMs each (0 by
    default: the controller's memory goes with the groups, which it caches, more than with their
-   VMs; with one VM per group a worker keeps one task slot busy, so the workers bound this
-   phase unless there are as many as slots, the controller's default), and once all are
-   RUNNING (and settled, for at most 2 minutes) the controller's VmRSS and VmHWM (its peak) are
-   read from /proc. Target: VmHWM <= 150 MB.
+   VMs), and once all are RUNNING and settled the controller's VmRSS and VmHWM (its peak) are
+   read from /proc. Target: VmHWM <= 150 MB. Then the controller is restarted: the time until
+   it is ready (its informer has listed every group) and until it has looked at every group
+   again (settled) is printed.
 
 Per group, until all are RUNNING: reconciles, and the API requests the controller made (its
 own count, `vmgroup_controller_api_requests_total{verb,resource}`): status writes, finalizer
@@ -37,28 +39,25 @@ vCenter calls are the controller's own count of every SOAP round trip
 (`vmgroup_controller_vcenter_calls_total{method}` on /metrics): pyVmomi's property reads are
 "Fetch", its RetrieveContents is "RetrieveProperties".
 
-vcsim delays (milliseconds, per SOAP method name; options of their own):
+vcsim delays (milliseconds; options of their own):
 
     CloneVM_Task 2000 (--clone-ms)        PowerOnVM_Task, PowerOffVM_Task 500 (--power-ms)
     ReconfigVM_Task 500 (--reconfigure-ms)   Destroy_Task 500 (--destroy-ms)
     RetrieveProperties, RetrievePropertiesEx, Fetch 50 (--query-ms)
 
-Every other method answers at once: logins, CurrentTime, FindChild, CreateFolder, the property
-collector's CreateFilter and DestroyPropertyFilter, and WaitForUpdatesEx, a long poll that a
-delay would only shift. How vcsim (govmomi v0.56 simulator, Service.call) applies a delay: it
-sleeps before it runs the method, without holding its inventory lock, so delayed calls overlap.
-For a `_Task` method that means the SOAP call itself blocks for the delay and then returns a
-task that completes at once, where a real vCenter returns the task at once and the task takes
-the time. For the controller the cost is the same: one of its `--max-vcenter-tasks` slots is
-held across the call and the wait for the task, and the SOAP connection is busy meanwhile (its
-pool has cap + 8 connections). A Fetch is delayed once (vcsim serves it through
-RetrievePropertiesEx internally, without a second delay).
+With `--delay task` (the default) the task takes the time and the call that starts it returns
+at once, as on a real vCenter (vcsim's task delay, by task name: CloneVm, PowerOn, PowerOff,
+ReconfigVm, Destroy). With `--delay method` the call itself takes the time and its task then
+ends at once (vcsim's method delay, which sleeps before running the method without holding its
+inventory lock): the model of this benchmark's figures until the controller stopped waiting for
+tasks, kept to compare with them. The reads are method delays in both. Every other method
+answers at once: logins, CurrentTime, FindChild, CreateFolder, the property collector's
+CreateFilter, CancelWaitForUpdates and DestroyPropertyFilter, and WaitForUpdatesEx, a long poll
+that a delay would only shift.
 
-One way vcsim is busier than a real vCenter: whenever the change feed's container view changes
-(a VM made), the simulator's property filter forgets what it sent (PropertyFilter.update clears
-its refs) and sends every VM in the view as "enter" again, so while VMs are being made the feed
-gets about 2-3 "enter" changes per new VM where a real vCenter sends one, and computing an
-answer costs it a full collection of the view per change (seconds with hundreds of VMs).
+One way vcsim is busier than a real vCenter: whenever the set of objects a property filter
+covers changes (a VM made), the simulator recollects the filter, so computing an answer to the
+change feed costs it a traversal of every group's folder per change.
 """
 
 from __future__ import annotations
@@ -83,17 +82,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.__main__ import parser as controller_parser
 from hack.stack import LocalStack
 from hack.stack.components import Controller, install_crd
+from hack.stack.process import cpu_seconds
 from vmgroup_api import GROUP, PLURAL, VERSION
 
-TARGET_RATIO, TARGET_HWM_MB = 1.25, 150.0
+TARGET_RATIO, TARGET_RECONCILES, TARGET_QUIET_S = 1.1, 2.0, 30.0
+TARGET_RSS_SMALL_MB, SMALL, TARGET_HWM_MB = 64.0, 100, 150.0
 CONTROLLER = controller_parser()  # its flags' defaults are the benchmark's
 IDLE_METHODS = frozenset({"WaitForUpdatesEx", "CurrentTime"})  # the feed's poll, keep-alive
 SETTLE_SECONDS = 5.0  # no reconcile and no call but the idle ones for this long: settled
 SETTLE_TIMEOUT = 600.0  # the change feed may still be catching up after convergence
+SETTLE_TIMEOUT_RESTART = 1200.0  # a restarted controller looks at every group again
 
 # option: (full run, --quick); other options have one default
 SIZES: dict[str, tuple[float, float]] = {
-    "groups": (100, 10), "idle_seconds": (300, 20), "rss_groups": (1000, 50)}
+    "groups": (1000, 10), "idle_seconds": (300, 20), "rss_groups": (10000, 50)}
 
 
 @dataclass
@@ -104,10 +106,13 @@ class Snapshot:
     reconciles: Counter[str] = field(default_factory=Counter)  # by result
     queue: int = 0
     api: Counter[str] = field(default_factory=Counter)  # API requests, "verb resource"
+    changes: int = 0  # VM changes the feed received
+    wakeups: int = 0  # groups queued by them
 
     def __sub__(self, earlier: Snapshot) -> Snapshot:
         return Snapshot(self.calls - earlier.calls, self.reconciles - earlier.reconciles,
-                        self.queue, self.api - earlier.api)
+                        self.queue, self.api - earlier.api, self.changes - earlier.changes,
+                        self.wakeups - earlier.wakeups)
 
 
 def _snapshot(controller: Controller) -> Snapshot:
@@ -121,6 +126,10 @@ def _snapshot(controller: Controller) -> Snapshot:
                 snap.reconciles[sample.labels["result"]] = int(sample.value)
             elif sample.name == "vmgroup_controller_queue_depth":
                 snap.queue = int(sample.value)
+            elif sample.name == "vmgroup_controller_vcenter_changes_total":
+                snap.changes = int(sample.value)
+            elif sample.name == "vmgroup_controller_vcenter_wakeups_total":
+                snap.wakeups = int(sample.value)
             elif sample.name == "vmgroup_controller_api_requests_total":
                 snap.api[f"{sample.labels['verb']} {sample.labels['resource']}"] = \
                     int(sample.value)
@@ -206,27 +215,49 @@ def _wait_running(groups: Groups, alive: Callable[[], None], timeout: float,
         time.sleep(interval)
 
 
-def _settle(controller: Controller, timeout: float) -> tuple[float, Snapshot, bool]:
-    """Wait until the controller has nothing left to do: nothing queued, no reconcile and no
-    vCenter call but the idle ones for SETTLE_SECONDS, and the change feed caught up (two of its
-    long polls began with nothing in between, so the first came back with nothing to handle; a
-    quiet spell alone is not enough: vcsim may take seconds to answer a poll that brings a
-    backlog). Returns (seconds until the last activity, what happened meanwhile, settled?)."""
+def _settle(controller: Controller, timeout: float, tick: Callable[[], None] = lambda: None
+            ) -> tuple[float, Snapshot, bool]:
+    """Wait until the controller has nothing left to do: nothing queued, and no reconcile, no
+    vCenter call but the idle ones and no change from the feed for SETTLE_SECONDS. Returns
+    (seconds until the last activity, what happened meanwhile, settled?)."""
     start = time.monotonic()
-    first = last = quiet = _snapshot(controller)
+    first = last = _snapshot(controller)
     quiet_since = start
     while time.monotonic() - start < timeout:
         time.sleep(1.0)
         controller.process.check_alive()
+        tick()
         snap = _snapshot(controller)
         busy = {m for m in (snap.calls - last.calls) if m not in IDLE_METHODS}
-        if busy or snap.reconciles != last.reconciles or snap.queue:
-            quiet_since, quiet = time.monotonic(), snap
+        if busy or snap.reconciles != last.reconciles or snap.queue or \
+                snap.changes != last.changes:
+            quiet_since = time.monotonic()
         last = snap
-        polls = snap.calls["WaitForUpdatesEx"] - quiet.calls["WaitForUpdatesEx"]
-        if time.monotonic() - quiet_since >= SETTLE_SECONDS and polls >= 2:
+        if time.monotonic() - quiet_since >= SETTLE_SECONDS:
             return quiet_since - start, last - first, True
     return time.monotonic() - start, last - first, False
+
+
+class Wakeups:
+    """When the feed last queued a group, watched from a moment on (every second)."""
+
+    def __init__(self, controller: Controller) -> None:
+        self._controller = controller
+        self.since = time.monotonic()
+        self.count = _snapshot(controller).wakeups
+        self.last: float | None = None  # seconds after `since`
+
+    def look(self) -> None:
+        count = _snapshot(self._controller).wakeups
+        if count != self.count:
+            self.count, self.last = count, time.monotonic() - self.since
+
+
+def _cpu(local: LocalStack) -> dict[str, float]:
+    """CPU seconds each process of the stack (and this benchmark) has used so far."""
+    used = {name: cpu_seconds(pid) for name, pid in local.pids().items()}
+    used["benchmark"] = cpu_seconds(os.getpid())
+    return used
 
 
 def _options(argv: list[str] | None) -> argparse.Namespace:
@@ -248,8 +279,13 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
     add("--idle-seconds", type=float, help="idle window (default: 300; --quick: 20)")
     add("--rss-groups", type=int,
         help="groups in all for the memory phase (default: 1000; --quick: 50; 0: skip it)")
-    add("--rss-replicas", type=int, default=1,
+    add("--rss-replicas", type=int, default=0,
         help="VMs per group added for the memory phase (default: %(default)s)")
+    add("--delay", choices=("task", "method"), default="task",
+        help="how vcsim spends the task delays: 'task' (the call returns at once and the task "
+        "takes the time, as a real vCenter does) or 'method' (the call itself takes the time, "
+        "then the task ends at once: this benchmark's model before the controller stopped "
+        "waiting for tasks; default: %(default)s)")
     add("--clone-ms", type=int, default=2000, help="CloneVM_Task (default: %(default)s)")
     add("--power-ms", type=int, default=500,
         help="PowerOnVM_Task and PowerOffVM_Task (default: %(default)s)")
@@ -269,11 +305,27 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _delays(args: argparse.Namespace) -> dict[str, int]:
-    return {"CloneVM_Task": args.clone_ms, "PowerOnVM_Task": args.power_ms,
-            "PowerOffVM_Task": args.power_ms, "ReconfigVM_Task": args.reconfigure_ms,
-            "Destroy_Task": args.destroy_ms, "RetrieveProperties": args.query_ms,
-            "RetrievePropertiesEx": args.query_ms, "Fetch": args.query_ms}
+# vcsim's names for the tasks (task delays) and for the calls that start them (method delays)
+TASK_NAMES = {"clone_ms": ("CloneVm", "CloneVM_Task"), "power_ms": ("PowerOn", "PowerOnVM_Task"),
+              "reconfigure_ms": ("ReconfigVm", "ReconfigVM_Task"),
+              "destroy_ms": ("Destroy", "Destroy_Task")}
+
+
+def _delays(args: argparse.Namespace) -> dict[str, dict[str, int]]:
+    """LocalStack's vcsim delays: {"vcsim_task_delays": ..., "vcsim_method_delays": ...}."""
+    tasks, methods = {}, {}
+    for option, (task, method) in TASK_NAMES.items():
+        if args.delay == "task":
+            tasks[task] = getattr(args, option)
+        else:
+            methods[method] = getattr(args, option)
+    if args.delay == "task":
+        tasks["PowerOff"] = args.power_ms
+    else:
+        methods["PowerOffVM_Task"] = args.power_ms
+    methods.update(dict.fromkeys(("RetrieveProperties", "RetrievePropertiesEx", "Fetch"),
+                                 args.query_ms))
+    return {"vcsim_task_delays": tasks, "vcsim_method_delays": methods}
 
 
 def _bound(vms: int, args: argparse.Namespace) -> float:
@@ -294,72 +346,109 @@ class Result:
     rss_converge_s: float | None = None
     rss_settled: bool = False
     memory: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process, converging
+    quiet_s: float | None = None  # the feed's last wakeup after convergence (None: none)
+    watched_s: float = 0.0  # how long after convergence wakeups were watched
+    restart_ready_s: float | None = None
+    restart_settle_s: float | None = None
 
 
 def _run(args: argparse.Namespace, work: Path, result: Result) -> None:
-    with LocalStack(work, vcsim_method_delays=_delays(args)) as local:
+    delays = _delays(args)
+    with LocalStack(work, vcsim_task_delays=delays["vcsim_task_delays"],
+                    vcsim_method_delays=delays["vcsim_method_delays"]) as local:
         _progress(f"stack up; logs in {local.log_dir}")
         install_crd(local.kubeconfig)
         groups = Groups(local, args.namespaces)
         groups.create_namespaces()
         groups.create(0, args.groups, args.replicas)
         _progress(f"{args.groups} groups x {args.replicas} created; starting the controller")
-
-        started = time.monotonic()
-        controller = local.start_controller([
-            f"--workers={args.workers}", f"--max-vcenter-tasks={args.max_vcenter_tasks}",
-            f"--resync-seconds={args.resync_seconds}", *args.controller_args.split()])
-        result.ready_s = time.monotonic() - started
-        before = Snapshot()  # the process counted from zero
-        timeout = 4 * _bound(args.groups * args.replicas, args) + 120
-        waited = _wait_running(groups, controller.process.check_alive, timeout, 0.5)
-        if waited is None:
-            for part in (controller, local.vcsim):
-                if part is not None:
-                    _progress(f"last lines of {part.process.log_path}:\n"
-                              f"{part.process.log_tail(10)}")
+        flags = [f"--workers={args.workers}", f"--max-vcenter-tasks={args.max_vcenter_tasks}",
+                 f"--resync-seconds={args.resync_seconds}", *args.controller_args.split()]
+        controller = _converge(args, local, groups, flags, result)
+        if controller is None:
             return
-        result.converge_s = result.ready_s + waited
-        converged = _snapshot(controller)
-        result.phases["converge"] = converged - before
-        _progress(f"converged in {result.converge_s:.1f}s; settling")
-
-        result.settle_s, result.phases["settle"], result.settled = _settle(controller,
-                                                                           SETTLE_TIMEOUT)
-        start = _snapshot(controller)
-        _progress(f"idle for {args.idle_seconds:.0f}s")
-        deadline = time.monotonic() + args.idle_seconds
-        while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(left, 30.0))
-            controller.process.check_alive()
-        result.phases[f"idle {args.idle_seconds:.0f}s"] = _snapshot(controller) - start
-        pid = controller.process.pid
-        assert pid is not None
-        result.rss_at_groups = _memory_mb(pid)
-
+        _idle(args, controller, result)
         if args.rss_groups > args.groups:
-            start = _snapshot(controller)
-            added = args.rss_groups - args.groups
-            _progress(f"adding {added} groups x {args.rss_replicas} for the memory phase")
-            created = time.monotonic()
-            groups.create(args.groups, args.rss_groups, args.rss_replicas)
-            timeout = 4 * _bound(added * args.rss_replicas, args) + 300
-            waited = _wait_running(groups, controller.process.check_alive, timeout, 2.0)
-            if waited is not None:
-                result.rss_converge_s = time.monotonic() - created
-                result.rss_settled = _settle(controller, 120.0)[2]
-            result.phases[f"+{added} groups"] = _snapshot(controller) - start
-            result.memory = _memory_mb(pid)
+            _memory(args, local, groups, controller, flags, result)
+
+
+def _converge(args: argparse.Namespace, local: LocalStack, groups: Groups, flags: list[str],
+              result: Result) -> Controller | None:
+    """Phase 1; the controller, or None if the groups did not converge."""
+    cpu = _cpu(local)
+    started = time.monotonic()
+    controller = local.start_controller(flags)
+    result.ready_s = time.monotonic() - started
+    timeout = 4 * _bound(args.groups * args.replicas, args) + 120
+    waited = _wait_running(groups, controller.process.check_alive, timeout, 0.5)
+    if waited is None:
+        for part in (controller, local.vcsim):
+            if part is not None:
+                _progress(f"last lines of {part.process.log_path}:\n"
+                          f"{part.process.log_tail(10)}")
+        return None
+    result.converge_s = result.ready_s + waited
+    result.cpu = {name: used - cpu.get(name, 0.0) for name, used in _cpu(local).items()}
+    result.phases["converge"] = _snapshot(controller) - Snapshot()  # counted from zero
+    return controller
+
+
+def _idle(args: argparse.Namespace, controller: Controller, result: Result) -> None:
+    """Phase 2: settle, then idle; the feed's wakeups are watched throughout."""
+    wakeups = Wakeups(controller)
+    _progress(f"converged in {result.converge_s:.1f}s; settling")
+    result.settle_s, result.phases["settle"], result.settled = _settle(
+        controller, SETTLE_TIMEOUT, wakeups.look)
+    start = _snapshot(controller)
+    _progress(f"idle for {args.idle_seconds:.0f}s")
+    deadline = time.monotonic() + args.idle_seconds
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        controller.process.check_alive()
+        wakeups.look()
+    result.quiet_s, result.watched_s = wakeups.last, time.monotonic() - wakeups.since
+    result.phases[f"idle {args.idle_seconds:.0f}s"] = _snapshot(controller) - start
+    assert controller.process.pid is not None
+    result.rss_at_groups = _memory_mb(controller.process.pid)
+
+
+def _memory(args: argparse.Namespace, local: LocalStack, groups: Groups,
+            controller: Controller, flags: list[str], result: Result) -> None:
+    """Phase 3: more groups, the controller's memory, then a restart."""
+    start = _snapshot(controller)
+    added = args.rss_groups - args.groups
+    _progress(f"adding {added} groups x {args.rss_replicas} for the memory phase")
+    created = time.monotonic()
+    groups.create(args.groups, args.rss_groups, args.rss_replicas)
+    timeout = 4 * _bound(added * args.rss_replicas, args) + 300 + 0.1 * added
+    waited = _wait_running(groups, controller.process.check_alive, timeout, 2.0)
+    if waited is not None:
+        result.rss_converge_s = time.monotonic() - created
+        result.rss_settled = _settle(controller, SETTLE_TIMEOUT)[2]
+    result.phases[f"+{added} groups"] = _snapshot(controller) - start
+    assert controller.process.pid is not None
+    result.memory = _memory_mb(controller.process.pid)
+    if waited is None:
+        return
+    _progress(f"restarting the controller with {args.rss_groups} groups")
+    controller.process.stop()
+    started = time.monotonic()
+    controller = local.start_controller(flags)
+    result.restart_ready_s = time.monotonic() - started
+    waited_s, _, settled = _settle(controller, SETTLE_TIMEOUT_RESTART)
+    if settled:
+        result.restart_settle_s = result.restart_ready_s + waited_s
 
 
 def _report(args: argparse.Namespace, result: Result) -> list[tuple[str, bool]]:
     vms = args.groups * args.replicas
     bound = _bound(vms, args)
-    delays = ", ".join(f"{m} {ms}" for m, ms in _delays(args).items())
+    delays = "; ".join(f"{kind.split('_')[1]} " + ", ".join(f"{m} {ms}" for m, ms in d.items())
+                       for kind, d in _delays(args).items() if d)
     print(f"\nvmgroup-controller: {args.groups} VmGroups x {args.replicas} replicas in "
           f"{args.namespaces} namespaces, --max-vcenter-tasks {args.max_vcenter_tasks} "
-          f"--workers {args.workers}{' (as many as the cap)' if not args.workers else ''}; "
-          f"{os.cpu_count()} CPUs for the whole stack")
+          f"--workers {args.workers}; {os.cpu_count()} CPUs for the whole stack")
     print(f"vcsim delays (ms): {delays}; every other method: none")
     print(f"periodic resync at {args.resync_seconds:.0f}s (the controller's default is "
           f"{CONTROLLER.get_default('resync_seconds'):.0f}s), "
@@ -374,15 +463,26 @@ def _report(args: argparse.Namespace, result: Result) -> list[tuple[str, bool]]:
               f"(ready after {result.ready_s:.1f}s); bound ceil({vms}/"
               f"{args.max_vcenter_tasks}) x {(args.clone_ms + args.power_ms) / 1000:g}s = "
               f"{bound:.1f}s; ratio {ratio:.2f}")
-        print(f"settle:   the last reconcile or non-idle vCenter call came {result.settle_s:.1f}s "
-              "after convergence" + ("; then a long poll of the change feed came back empty"
-                                     if result.settled else
-                                     f": did NOT settle within {SETTLE_TIMEOUT:.0f}s"))
+        if result.cpu:
+            print("CPU seconds used while converging: " + ", ".join(
+                f"{name} {used:.1f}" for name, used in sorted(result.cpu.items(),
+                                                              key=lambda kv: -kv[1])))
+        print(f"settle:   the last reconcile, non-idle vCenter call or feed change came "
+              f"{result.settle_s:.1f}s after convergence" + (
+                  "" if result.settled else f": did NOT settle within {SETTLE_TIMEOUT:.0f}s"))
+        quiet = result.quiet_s or 0.0
+        print("feed:     the last group queued by a vCenter change: " + (
+            f"{quiet:.1f}s after convergence" if result.quiet_s is not None else "none")
+            + f" (watched for {result.watched_s:.0f}s)")
         verdicts.append((f"converge within {TARGET_RATIO}x the bound", ratio <= TARGET_RATIO))
+        verdicts.append((f"feed quiet within {TARGET_QUIET_S:.0f}s of convergence",
+                         result.settled and quiet <= TARGET_QUIET_S))
     if result.phases:
         _calls_table(result.phases)
     if (converge := result.phases.get("converge")) is not None:
-        _per_group(converge, args.groups)
+        reconciles = _per_group(converge, args.groups)
+        verdicts.append((f"<= {TARGET_RECONCILES:g} reconciles per fresh group until RUNNING",
+                         reconciles <= TARGET_RECONCILES))
     idle = next((s for name, s in result.phases.items() if name.startswith("idle")), None)
     if idle is not None:
         others = {m: n for m, n in idle.calls.items() if m not in IDLE_METHODS and n}
@@ -392,13 +492,16 @@ def _report(args: argparse.Namespace, result: Result) -> list[tuple[str, bool]]:
         print(f"controller memory with {args.groups} groups, idle: "
               f"VmRSS {result.rss_at_groups['VmRSS']:.1f} MB, "
               f"VmHWM {result.rss_at_groups['VmHWM']:.1f} MB")
+        if args.groups <= SMALL:
+            verdicts.append((f"<= {TARGET_RSS_SMALL_MB:.0f} MB RSS at {args.groups} groups",
+                             result.rss_at_groups["VmRSS"] <= TARGET_RSS_SMALL_MB))
     if args.rss_groups > args.groups:
         added = args.rss_groups - args.groups
         if result.rss_converge_s is not None:
             print(f"memory phase: +{added} groups x {args.rss_replicas} converged in "
                   f"{result.rss_converge_s:.1f}s from their creation (bound "
                   f"{_bound(added * args.rss_replicas, args):.1f}s)"
-                  + ("" if result.rss_settled else "; not settled 2 minutes later"))
+                  + ("" if result.rss_settled else "; did NOT settle"))
         if result.memory:
             print(f"controller memory with {args.rss_groups} groups: "
                   f"VmRSS {result.memory['VmRSS']:.1f} MB, "
@@ -408,6 +511,11 @@ def _report(args: argparse.Namespace, result: Result) -> list[tuple[str, bool]]:
         verdicts.append((f"<= {TARGET_HWM_MB:.0f} MB peak RSS at {args.rss_groups} groups"
                          + ("" if result.rss_converge_s is not None else " (not converged)"),
                          ok))
+        if result.restart_ready_s is not None:
+            print(f"restart with {args.rss_groups} groups: ready (every group listed) after "
+                  f"{result.restart_ready_s:.1f}s; every group looked at again after "
+                  + (f"{result.restart_settle_s:.1f}s" if result.restart_settle_s is not None
+                     else f"more than {SETTLE_TIMEOUT_RESTART:.0f}s"))
     return verdicts
 
 
@@ -428,8 +536,9 @@ def _calls_table(phases: dict[str, Snapshot]) -> None:
     print("reconciles by result: " + "; ".join(reconciles))
 
 
-def _per_group(converge: Snapshot, groups: int) -> None:
-    """What one group cost until every group was RUNNING: reconciles and API writes."""
+def _per_group(converge: Snapshot, groups: int) -> float:
+    """What one group cost until every group was RUNNING: reconciles and API writes. Returns
+    the reconciles per group."""
     api = converge.api
     per = {
         "reconciles": sum(converge.reconciles.values()),
@@ -443,6 +552,9 @@ def _per_group(converge: Snapshot, groups: int) -> None:
         "patch vmgroups/status", "patch vmgroups", "create events", "patch events")}
     print("other API requests while converging: " + (", ".join(
         f"{k} {n}" for k, n in sorted(others.items())) or "none"))
+    print(f"change feed while converging: {converge.changes} VM changes received, "
+          f"{converge.wakeups} groups queued by them")
+    return per["reconciles"] / groups
 
 
 def _stop_cleanly(signum: int, _frame: object) -> None:
@@ -471,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
           f"--rss-groups {args.rss_groups} --rss-replicas {args.rss_replicas} "
           f"--clone-ms {args.clone_ms} --power-ms {args.power_ms} "
           f"--reconfigure-ms {args.reconfigure_ms} --destroy-ms {args.destroy_ms} "
-          f"--query-ms {args.query_ms}"
+          f"--query-ms {args.query_ms} --delay {args.delay}"
           + (f" --controller-args='{args.controller_args}'" if args.controller_args else ""))
     return 0 if verdicts and all(ok for _, ok in verdicts) else 1
 

@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import copy
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from typing import Any
 from hack.stack import LocalStack, binary
 from hack.stack.components import Webhook, kubectl
 from hack.stack.pki import CertificateAuthority
+from hack.stack.process import cpu_seconds
 from hack.stack.reviews import patched, review, vmgroup
 from hack.stack.workloads import LOGGING_AGENT, configmap
 from initializers.registry import Registry
@@ -49,7 +49,6 @@ TARGET_P99_MS, TARGET_P99_RATE, TARGET_RSS_MB = 4.0, 200, 80.0
 # closing note before the performance work (3473 VmGroups, 1804 injection, 1329 upgrade).
 TARGET_CPU_MS = {"vmgroups": 1.0, "injection": 2.0, "upgrade": 2.0}
 TARGET_RPS = {"vmgroups": 1.5 * 3473, "injection": 1.5 * 1804, "upgrade": 1.5 * 1329}
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -144,12 +143,7 @@ def _fortio(url: str, payload: Path, ca: Path, qps: float, seconds: float, conne
 
 
 def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of these processes so far, from /proc (utime and stime)."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICK
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 def _measure(webhook: Webhook, ca: Path, payloads: dict[str, Path], rate: float,

@@ -127,11 +127,16 @@ def _worker(queue: Any, reconciler: Any, outage: Any, echoes: Any,
 def _follow_vcenter(vcenter: Any, queue: Any, sessions: Any, tasks: Any
                     ) -> tuple[Any, Any, Any]:
     """vCenter's change feed (through the echo filter) and the outage wait, started."""
+    from . import metrics  # noqa: PLC0415
     from .echo import EchoFilter  # noqa: PLC0415
     from .feed import VCenterFeed  # noqa: PLC0415
 
+    def wake(key: Any) -> None:
+        metrics.VCENTER_WAKEUPS.inc()
+        queue.add(key)
+
     # A group with VM actions in flight hears of their ends from them, not from the feed.
-    echoes: EchoFilter[Any] = EchoFilter(queue.add, quiet=tasks.busy)
+    echoes: EchoFilter[Any] = EchoFilter(wake, quiet=tasks.busy)
     echoes.start()
     feed = VCenterFeed(vcenter, echoes.changed).start()
     return echoes, feed, _outage(queue, feed, sessions)

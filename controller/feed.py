@@ -20,6 +20,7 @@ from typing import Any
 
 from pyVmomi import vim
 
+from . import metrics
 from .vsphere import PC, VCenterConfig, VSphere, VSphereError
 
 log = logging.getLogger("vmgroup.controller.feed")
@@ -132,6 +133,7 @@ class VCenterFeed:
             collector.Destroy()
 
     def _changed(self, inventory: Inventory, change: Any) -> None:
+        metrics.VCENTER_CHANGES.inc()
         values = {c.name: c.val for c in change.changeSet or []}
         key = inventory.vm(change.obj._moId, change.kind, values)
         if key is not None:

@@ -19,6 +19,10 @@ VCENTER_CALLS = Counter("vmgroup_controller_vcenter_calls_total",
 API_REQUESTS = Counter("vmgroup_controller_api_requests_total",
                        "Kubernetes API requests by verb and resource.", ["verb", "resource"])
 QUEUE_DEPTH = Gauge("vmgroup_controller_queue_depth", "VmGroups waiting to be reconciled.")
+VCENTER_CHANGES = Counter("vmgroup_controller_vcenter_changes_total",
+                          "VM changes the change feed received from vCenter.")
+VCENTER_WAKEUPS = Counter("vmgroup_controller_vcenter_wakeups_total",
+                          "Groups queued because vCenter changed (after the echo filter).")
 TASKS_IN_FLIGHT = Gauge("vmgroup_controller_vm_actions_in_flight",
                         "VM actions (chains of vCenter tasks) started and not yet ended.")
 MANAGED_VMS = Gauge("vmgroup_controller_managed_vms",

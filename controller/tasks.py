@@ -25,6 +25,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -118,6 +119,10 @@ class Tasks(Generic[K]):
                     self._turns.append(chain)
             if now:
                 self._waiting[key] = now
+            if len(self._turns) > 2 * sum(map(len, self._waiting.values())) + 64:
+                # Dropped chains wait in the line until popped: sweep them out now and then.
+                self._turns = deque(c for c in self._turns
+                                    if self._waiting.get(c.key, {}).get(c.vm) is c)
         self._fill()
 
     def forget(self, key: K) -> None:
@@ -146,61 +151,78 @@ class Tasks(Generic[K]):
                 chain.started = time.monotonic()
                 starting.append(chain)
         for chain in starting:
-            self._pool.submit(self._continue, chain, None)
+            self._submit(self._continue, chain, None)
 
-    def _next(self, chain: Chain[K], result: Any) -> None:
-        """Start the chain's next task, or end the chain when there is none."""
+    def _submit(self, work: Callable[..., None], *args: Any) -> None:
+        """Run `work` on the pool; what it raises is logged (a future nobody reads would hide
+        it). Once stopped, nothing more is run."""
+        def logged() -> None:
+            try:
+                work(*args)
+            except Exception:
+                log.exception("a vm action's bookkeeping failed")
+        with contextlib.suppress(RuntimeError):  # shut down: the process is stopping
+            self._pool.submit(logged)
+
+    def _start_next(self, chain: Chain[K], result: Any) -> bool:
+        """Start the chain's next task; False when no step is left."""
         while chain.steps:
             task = chain.steps.popleft()(result)
             if task is not None:
                 self._watch.follow(task, lambda result, error: self._task_ended(chain, result,
                                                                                  error),
                                    lambda error: self._silent(chain, error))
-                return
-        self._finish(chain, None)
+                return True
+        return False
 
     def _task_ended(self, chain: Chain[K], result: Any, error: BaseException | None) -> None:
         """The watcher: one task of `chain` ended."""
         if error is not None:
-            self._pool.submit(self._finish, chain, error)
+            self._submit(self._finish, chain, error)
         else:
-            self._pool.submit(self._continue, chain, result)
+            self._submit(self._continue, chain, result)
 
     def _silent(self, chain: Chain[K], error: BaseException) -> None:
         """vCenter stopped answering while `chain` runs: its group is told now (it shows the
         error and waits for vCenter), not when the chain's task times out."""
         with self._lock:
             told = self._failures.setdefault(chain.key, [])
-            if error in told:
-                return
+            if any(str(e) == str(error) for e in told):
+                return  # its other chains bring the same news
             told.append(error)
         self._enqueue(chain.key)
 
     def _continue(self, chain: Chain[K], result: Any) -> None:
         try:
-            self._next(chain, result)
+            started = self._start_next(chain, result)
         except Exception as exc:  # starting the next task failed: the chain fails with it
             self._finish(chain, exc)
+            return
+        if not started:
+            self._finish(chain, None)
 
     def _finish(self, chain: Chain[K], error: BaseException | None) -> None:
+        """The chain is over: its slot goes to the next chain first, then its end is told and
+        its group queued."""
         if error is not None and self._forgive(error):
             chain.steps.clear()
             error = None
-        try:
-            self._ended(chain, error)
-        except Exception:  # telling of the end is a report; the group is queued regardless
-            log.exception("reporting the end of a vm action failed")
         with self._lock:
             running = self._running.get(chain.key, {})
-            if running.get(chain.vm) is chain:
-                del running[chain.vm]
-                if not running:
-                    del self._running[chain.key]
-                self._count -= 1
+            if running.get(chain.vm) is not chain:
+                return  # told already
+            del running[chain.vm]
+            if not running:
+                del self._running[chain.key]
+            self._count -= 1
             if error is not None:
                 self._failures.setdefault(chain.key, []).append(error)
             last = chain.key not in self._running and chain.key not in self._waiting
         self._fill()
+        try:
+            self._ended(chain, error)
+        except Exception:  # telling of the end is a report; the group is queued regardless
+            log.exception("reporting the end of a vm action failed")
         if last or error is not None:
             self._enqueue(chain.key)
         else:

@@ -482,7 +482,7 @@ class VSphere:
     def steps(self, group: Group, action: Action) -> list[Callable[[Any], Any]]:
         """The vCenter tasks a VM action is, in order (controller.tasks runs them): each starts
         one, given the result of the task before it, or returns None when it has nothing to
-        do. The first runs on the reconcile's thread, so its lookups fail the reconcile."""
+        do. A step that fails (a template missing, a VM gone) fails the action."""
         match action:
             case Clone():
                 # Powered on explicitly, as a task of its own: each is followed and counted.

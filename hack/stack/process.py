@@ -77,6 +77,12 @@ def exited(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc (utime and stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def write_private(path: Path, data: bytes | str) -> Path:
     """Write `path` readable by its owner only, from the first byte (keys, kubeconfigs,
     passwords): never a moment with wider permissions, even when the file existed."""

@@ -14,6 +14,8 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net/http"
+	_ "net/http/pprof" // served only with -pprof
 	"net/netip"
 	"net/url"
 	"os"
@@ -52,7 +54,11 @@ func main() {
 		"addresses the simulated guests report (a range reserved for benchmarks: never routed)")
 	guestDelay := flag.Duration("guest-delay", 500*time.Millisecond,
 		"time from power-on until a guest reports its address, as VMware Tools does once booted")
+	pprofAddr := flag.String("pprof", "", "serve Go's profiler on this host:port (benchmarks)")
 	flag.Parse()
+	if *pprofAddr != "" {
+		go func() { log.Println(http.ListenAndServe(*pprofAddr, nil)) }()
+	}
 
 	if *certFile == "" || *keyFile == "" || *username == "" || password == "" {
 		log.Fatal("vcsim: -tlscert, -tlskey, -username and $VCSIM_PASSWORD are required")
