@@ -14,6 +14,10 @@ RECONCILES = Counter("vmgroup_controller_reconciles_total",
 DURATION = Histogram("vmgroup_controller_reconcile_duration_seconds",
                      "Time one reconcile took, vCenter tasks included.",
                      buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300))
+PASSES = Histogram("vmgroup_controller_reconciles_until_running",
+                   "Reconciles a group took from a new generation (its creation, a spec change) "
+                   "until it first reported RUNNING for it.",
+                   buckets=(1, 2, 3, 4, 5, 8, 13, 21, 34))
 VCENTER_CALLS = Counter("vmgroup_controller_vcenter_calls_total",
                         "vCenter calls by method.", ["method"])
 API_REQUESTS = Counter("vmgroup_controller_api_requests_total",

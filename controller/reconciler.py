@@ -30,6 +30,7 @@ from vmgroup_api import (
     GROUP,
     KIND,
     PLURAL,
+    RUNNING,
     VERSION,
 )
 
@@ -92,17 +93,51 @@ class Reconciler:
     def __init__(self, api: client.ApiClient, vsphere: Callable[[], VSphere], store: Store,
                  tasks: Tasks[tuple[str, str]]) -> None:
         self._custom = client.CustomObjectsApi(api)
-        self._events = EventRecorder(client.CoreV1Api(api), "vmgroup-controller")
+        self._events = EventRecorder(api, "vmgroup-controller")
         self._vsphere = vsphere
         self._store = store
         self._tasks = tasks  # VM actions in flight; tell it of their ends through ended()
+        # key -> (generation, its reconciles so far; None once it reported RUNNING)
+        self._passes: dict[tuple[str, str], tuple[int, int | None]] = {}
 
     def reconcile(self, namespace: str, name: str) -> Outcome:
-        obj = self._store.get((namespace, name))
+        key = (namespace, name)
+        obj = self._store.get(key)
         if obj is None:
-            metrics.observed_vms((namespace, name), None)
-            self._tasks.forget((namespace, name))
+            metrics.observed_vms(key, None)
+            self._tasks.forget(key)
+            self._passes.pop(key, None)
             return Outcome(converged=True)  # deleted: its finalizer saw to the VMs
+        status = obj.get("status") or {}
+        if status.get("phase") == RUNNING and status.get("observedGeneration") == \
+                _generation(obj) and key not in self._passes:
+            self._passes[key] = (_generation(obj), None)  # RUNNING before we came (a restart)
+        self._count_pass(key, _generation(obj))
+        try:
+            outcome = self._reconcile(obj)
+        finally:
+            now = self._store.get(key)
+            if now is not None and (now.get("status") or {}).get("phase") == RUNNING:
+                self._running(key, _generation(now))
+        return outcome
+
+    def _count_pass(self, key: tuple[str, str], generation: int) -> None:
+        known, count = self._passes.get(key, (None, 0))
+        if known != generation:
+            count = 0
+        elif count is None:
+            return  # RUNNING for this generation already
+        self._passes[key] = (generation, count + 1)
+
+    def _running(self, key: tuple[str, str], generation: int) -> None:
+        """The group reports RUNNING for `generation`: how many reconciles that took."""
+        known, count = self._passes.get(key, (None, None))
+        if known == generation and count is not None:
+            metrics.PASSES.observe(count)
+            self._passes[key] = (generation, None)
+
+    def _reconcile(self, obj: dict[str, Any]) -> Outcome:
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         try:
             group = to_group(obj)
             if not group.deleting and not group.has_finalizer:
@@ -145,6 +180,9 @@ class Reconciler:
         running = self._tasks.running(key)
         todo = [a for a in result.actions if isinstance(a, VM_ACTIONS) and a.name not in running]
         metrics.observed_vms(key, sum(vm.owner_uid == group.uid for vm in observed))
+        if any(isinstance(a, Clone) for a in todo):
+            # Made here, once, rather than by the first clone while it holds a task slot.
+            vsphere.group_folder(group, create=True)
         # Handed over, to start as task slots free; their ends queue the group again.
         self._tasks.want(key, [(getattr(a, "name", ""), a, vsphere.steps(group, a))
                                for a in todo])

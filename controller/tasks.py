@@ -19,8 +19,9 @@ Rules:
 - the end of a chain, success or failure, always queues its group: nothing waits on a task
   without something coming back for it (tasks time out in the watcher); so does vCenter
   falling silent while it runs, so the group shows the outage at once;
-- a group with other chains still running is queued at most once a second, so a burst of ends
-  makes one reconcile; its last chain ending queues it at once.
+- a group's last chain ending queues it at once; a chain ending while others of its group still
+  wait for a slot (work that takes a while) queues it at most once a second, to report
+  progress; while the rest of its chains merely run (they end about together), nothing.
 """
 
 from __future__ import annotations
@@ -218,6 +219,7 @@ class Tasks(Generic[K]):
             if error is not None:
                 self._failures.setdefault(chain.key, []).append(error)
             last = chain.key not in self._running and chain.key not in self._waiting
+            slow = chain.key in self._waiting  # its work waits for slots: it will take a while
         self._fill()
         try:
             self._ended(chain, error)
@@ -225,5 +227,5 @@ class Tasks(Generic[K]):
             log.exception("reporting the end of a vm action failed")
         if last or error is not None:
             self._enqueue(chain.key)
-        else:
-            self._enqueue_after(chain.key, PROGRESS_SECONDS)
+        elif slow:
+            self._enqueue_after(chain.key, PROGRESS_SECONDS)  # progress, at most once a second

@@ -485,9 +485,8 @@ class VSphere:
         do. A step that fails (a template missing, a VM gone) fails the action."""
         match action:
             case Clone():
-                # Powered on explicitly, as a task of its own: each is followed and counted.
-                return [self._guarded(lambda _: self._start_clone(group, action)),
-                        self._guarded(lambda vm: vm.PowerOnVM_Task())]
+                # One task: vCenter powers the clone on at its end (CloneSpec.powerOn).
+                return [self._guarded(lambda _: self._start_clone(group, action))]
             case PowerOn(name):
                 return [self._guarded(lambda _: self._vm(group, name).PowerOnVM_Task())]
             case Reconfigure(name, cpu, memory_mb):
@@ -531,7 +530,7 @@ class VSphere:
         if (datastore := self._datastore()) is not None:
             relocate.datastore = datastore
         spec = vim.vm.CloneSpec(
-            location=relocate, template=False, powerOn=False,
+            location=relocate, template=False, powerOn=True,
             config=vim.vm.ConfigSpec(
                 numCPUs=action.cpu, memoryMB=action.memory_mb,
                 extraConfig=[vim.option.OptionValue(key=OWNER_KEY, value=group.uid)]))

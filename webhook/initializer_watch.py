@@ -28,7 +28,7 @@ class ConfigMapWatcher(ListWatcher):
                  on_change: Callable[[], None] = lambda: None) -> None:
         super().__init__()
         self._core = core
-        self._events = EventRecorder(core, "vmgroup-webhook")
+        self._events = EventRecorder(core.api_client, "vmgroup-webhook")
         self._namespace = namespace
         self._registry = registry
         self._on_change = on_change

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from pyVmomi import vim
 
 from controller.planner import AddFinalizer, Clone, Group, Plan, RemoveFinalizer, plan
-from controller.vsphere import Sessions, VCenterConfig, VSphere, VSphereError
+from controller.vsphere import Sessions, TaskWatch, VCenterConfig, VSphere, VSphereError
 from hack.stack import VCenterInfo, poll, vsphere
 from vmgroup_api import OWNER_KEY
 
@@ -139,12 +139,40 @@ def test_tasks_are_followed_through_the_property_collector_not_polled(
                        "WaitForUpdatesEx", "DestroyPropertyFilter"])
     adapter.execute(group, Clone(f"team-a-{group.name}-1", 1, 1024, group.template))
     made = calls()
-    # Folders, template and pool are remembered; each of the 2 tasks is one filter, its state
-    # pushed by vCenter (an instant task needs one wait, a running one two or more).
+    # Folders, template and pool are remembered; the clone is one task (vCenter powers the VM
+    # on at its end), one filter, its state pushed by vCenter (an instant task needs one wait,
+    # a running one two or more).
     assert made["Fetch"] == 0, made  # no task.info polling, no lookups
-    assert (made["CloneVM_Task"], made["PowerOnVM_Task"]) == (1, 1)
-    assert made["CreateFilter"] == made["DestroyPropertyFilter"] == 2
-    assert 2 <= made["WaitForUpdatesEx"] <= 6
+    assert (made["CloneVM_Task"], made["PowerOnVM_Task"]) == (1, 0)
+    assert made["CreateFilter"] == made["DestroyPropertyFilter"] == 1
+    assert 1 <= made["WaitForUpdatesEx"] <= 3
+    assert all(vm.powered_on for vm in adapter.observe(group))
+
+
+def test_one_watch_follows_many_tasks_and_tells_each_end(adapter: VSphere,
+                                                         group: Group) -> None:
+    """The process-wide TaskWatch: tasks started elsewhere, each end told with its result."""
+    watch = TaskWatch(lambda: adapter).start()
+    ended: list[tuple[Any, BaseException | None]] = []
+    try:
+        adapter.group_folder(group, create=True)
+        calls = _counting(["Fetch", "CreateFilter", "DestroyPropertyFilter",
+                           "CreatePropertyCollector"])
+        for i in range(3):
+            step = adapter.steps(group, Clone(f"team-a-{group.name}-{i}", 1, 1024,
+                                              group.template))[0]
+            watch.follow(step(None), lambda result, error: ended.append((result, error)),
+                         lambda error: ended.append((None, error)))
+        poll(lambda: len(ended) == 3, timeout=30, what=f"3 ends told (so far {ended})")
+        made = calls()
+    finally:
+        watch.stop()
+    assert all(error is None for _, error in ended), ended
+    assert sorted(vm.name for vm, _ in ended) == [f"team-a-{group.name}-{i}" for i in range(3)]
+    assert made["Fetch"] == 0, made  # pushed, not polled
+    assert made["CreateFilter"] == made["DestroyPropertyFilter"] == 3, made
+    assert made["CreatePropertyCollector"] == 1, made  # one collector for every task
+    assert len(watch) == 0
 
 
 def test_a_failed_task_carries_its_fault(adapter: VSphere, group: Group) -> None:

@@ -39,7 +39,7 @@ def test_identical_events_are_one_event_with_a_count(api_client: client.ApiClien
                                                      namespace: str) -> None:
     core = client.CoreV1Api(api_client)
     obj = _config_map(core, namespace)
-    recorder = EventRecorder(core, "test")
+    recorder = EventRecorder(api_client, "test")
     for _ in range(9):
         recorder.record(obj, "Warning", "ReconcileFailed", "template 'x' not found")
     recorder.record(obj, "Warning", "ReconcileFailed", "another message")
@@ -53,7 +53,7 @@ def test_the_rate_limit_holds_writes_back_and_loses_no_count(api_client: client.
     core = client.CoreV1Api(api_client)
     obj = _config_map(core, namespace)
     clock = Clock()
-    recorder = EventRecorder(core, "test", burst=3, refill_seconds=60, clock=clock)
+    recorder = EventRecorder(api_client, "test", burst=3, refill_seconds=60, clock=clock)
     for _ in range(9):
         recorder.record(obj, "Warning", "ReconcileFailed", "same")
     (event,) = _events(core, namespace, obj["metadata"]["name"])
