@@ -8,7 +8,6 @@ never from a flag (argv is visible to every local user).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import logging.config
 import os
@@ -24,6 +23,7 @@ from typing import Any
 from kubekit.cli import LOG_LEVELS, ConfigError, EnvParser, fail, kube_client
 
 ENV_PREFIX = "VMGROUP_CONTROLLER_"
+IDLE_TRIM_SECONDS = 30.0  # how often an idle controller gives freed memory back
 
 
 def parser() -> argparse.ArgumentParser:
@@ -192,20 +192,19 @@ def _lead(elector: Any, stop: threading.Event, lost: threading.Event,
     return True
 
 
-def _two_malloc_arenas() -> None:
-    """glibc gives threads that allocate at once malloc arenas of their own (up to 8 per core),
-    each keeping its freed memory; the controller's threads mostly wait, and two arenas keep its
-    RSS down. The same as MALLOC_ARENA_MAX=2, without relying on the environment; before any
-    thread starts. Elsewhere than glibc there is nothing to do."""
-    import ctypes  # noqa: PLC0415
+def _run_until(stop: threading.Event, idle: Callable[[], bool]) -> None:
+    """Wait for `stop`; meanwhile, while idle, give back what bursts of work left in the heaps."""
+    from . import malloc  # noqa: PLC0415
 
-    m_arena_max = -8  # <malloc.h>
-    with contextlib.suppress(OSError, AttributeError):  # the process's own symbols: its libc
-        ctypes.CDLL(None).mallopt(m_arena_max, 2)
+    while not stop.wait(IDLE_TRIM_SECONDS):
+        if idle():
+            malloc.give_back()
 
 
 def main(argv: list[str] | None = None) -> int:
-    _two_malloc_arenas()
+    from . import malloc  # noqa: PLC0415
+
+    malloc.few_arenas()  # before any thread starts
     args = parser().parse_args(argv)
     try:
         password = _password(args)
@@ -270,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     for worker in workers:
         worker.start()
     log.info("started", extra={"workers": count, "vcenter": args.vcenter_host})
-    stop.wait()
+    _run_until(stop, idle=lambda: not len(queue) and not len(tasks))
     log.info("stopping")
     for part in (informer, feed, outage, echoes, watch, tasks):
         part.stop()

@@ -81,7 +81,9 @@ class Tasks(Generic[K]):
         self._failures: dict[K, list[BaseException]] = {}
         # Starting a task and telling of a chain's end are calls that take a while: never on
         # a worker (it goes on to the next group) or the watcher (it goes back to listening).
-        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="task-chain")
+        # A few threads suffice: starting a task is one quick call, telling of an end a write.
+        self._pool = ThreadPoolExecutor(max_workers=min(slots, 4),
+                                        thread_name_prefix="task-chain")
 
     def __len__(self) -> int:
         """Chains running."""

@@ -485,8 +485,11 @@ class VSphere:
         do. A step that fails (a template missing, a VM gone) fails the action."""
         match action:
             case Clone():
-                # One task: vCenter powers the clone on at its end (CloneSpec.powerOn).
-                return [self._guarded(lambda _: self._start_clone(group, action))]
+                # Powered on by a task of its own, not by the clone's (CloneSpec.powerOn): vcsim
+                # holds the template's lock while its clone waits for that power-on, which
+                # would make every clone of a template wait for the one before.
+                return [self._guarded(lambda _: self._start_clone(group, action)),
+                        self._guarded(lambda vm: vm.PowerOnVM_Task())]
             case PowerOn(name):
                 return [self._guarded(lambda _: self._vm(group, name).PowerOnVM_Task())]
             case Reconfigure(name, cpu, memory_mb):
@@ -530,7 +533,7 @@ class VSphere:
         if (datastore := self._datastore()) is not None:
             relocate.datastore = datastore
         spec = vim.vm.CloneSpec(
-            location=relocate, template=False, powerOn=True,
+            location=relocate, template=False, powerOn=False,
             config=vim.vm.ConfigSpec(
                 numCPUs=action.cpu, memoryMB=action.memory_mb,
                 extraConfig=[vim.option.OptionValue(key=OWNER_KEY, value=group.uid)]))
