@@ -75,7 +75,7 @@ bench-outage: venv testbin ## convergence after vCenter freezes, default timeout
 	$(PY) -m bench.vcenter_outage $(BENCH_ARGS)
 
 .PHONY: bench-controller
-bench-controller: venv testbin ## controller convergence, idle vCenter calls, memory (~15 min)
+bench-controller: venv testbin ## controller convergence, idle vCenter calls, memory (~35 min)
 	$(PY) -m bench.controller $(BENCH_ARGS)
 
 .PHONY: lock

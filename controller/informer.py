@@ -29,6 +29,16 @@ def key_of(obj: dict[str, Any]) -> Key | None:
     return None
 
 
+def slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object as the cache keeps it: without metadata.managedFields, which the controller
+    never reads and which grows with every writer of every field (a third of a VmGroup's size
+    once its status has been written; as client-go's TransformStripManagedFields)."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    return obj
+
+
 def _version(obj: dict[str, Any]) -> int | None:
     version = (obj.get("metadata") or {}).get("resourceVersion")
     return int(version) if isinstance(version, str) and version.isdigit() else None
@@ -84,12 +94,12 @@ class VmGroupInformer(ListWatcher):
         if (key := key_of(obj)) is not None:
             with self._lock:
                 if newer(obj, self._objects.get(key)):
-                    self._objects[key] = obj
+                    self._objects[key] = slim(obj)
 
     def list(self) -> str:
         listing: Any = self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL,
                                                                _request_timeout=60)
-        objects = {key: item for item in listing.get("items", [])
+        objects = {key: slim(item) for item in listing.get("items", [])
                    if (key := key_of(item)) is not None}
         with self._lock:
             gone = self._objects.keys() - objects.keys()
@@ -110,6 +120,6 @@ class VmGroupInformer(ListWatcher):
             if kind == "DELETED":
                 self._objects.pop(key, None)
             elif newer(obj, before):
-                self._objects[key] = obj
+                self._objects[key] = slim(obj)
         if kind == "DELETED" or before is None or wants_work(before, obj):
             self._queue.add(key)

@@ -48,6 +48,23 @@ def test_the_cache_keeps_the_newest_copy_and_queues_every_change() -> None:
     assert len(informer) == 0
 
 
+def test_the_cache_keeps_no_managed_fields_and_leaves_the_given_object_alone() -> None:
+    informer = VmGroupInformer(client.ApiClient(), WorkQueue())
+    fields = [{"manager": "kubectl", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]
+    watched, written = obj("a", "10", replicas=1), obj("b", "10", replicas=1)
+    for given in (watched, written):
+        given["metadata"]["managedFields"] = fields
+    informer.handle("ADDED", watched)
+    informer.put(written)
+    for key, given in (("a", watched), ("b", written)):
+        kept = informer.get(("ns", key))
+        assert kept is not None
+        assert "managedFields" not in kept["metadata"]
+        assert kept["metadata"]["name"] == key
+        assert kept["spec"] == {"replicas": 1}
+        assert given["metadata"]["managedFields"] == fields  # a copy was slimmed, not it
+
+
 def test_a_message_too_long_for_the_crd_is_cut_to_fit() -> None:
     long = "é" * 2000  # 2 bytes each: the limit counts bytes
     built = status.build(Status("ERROR", 0, 1, ""), name="vg", generation=1, previous=None,
