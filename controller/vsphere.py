@@ -633,13 +633,25 @@ class TaskWatch:
                 self._stop.wait(1.0)
             except vmodl.fault.RequestCanceled:
                 pass  # a task was added: take it in
-            except vmodl.fault.ManagedObjectNotFound:  # the collector went with its session
-                version = self._reset()
+            except vmodl.fault.ManagedObjectNotFound as exc:
+                if not self._gone(exc.obj):  # not a task: the collector went with its session
+                    version = self._reset()
             except Exception as exc:
                 log.warning("following vCenter tasks failed", exc_info=True,
                             extra={"error": str(exc)})
                 version = self._reset()
                 self._stop.wait(1.0)
+
+    def _gone(self, obj: Any) -> bool:
+        """End the task `obj` if it is one followed: vCenter no longer has it (it forgets
+        tasks a while after they end; an outage may last longer). Whether it was one."""
+        moid = str(getattr(obj, "_moId", ""))
+        with self._cond:
+            followed = self._followed.get(moid)
+        if followed is None:
+            return False
+        self._end(moid, None, VSphereError(f"task {moid} is gone from vCenter"))
+        return True
 
     def _reset(self) -> str:
         """Start again on a new collector: every task is filtered and read afresh."""
@@ -660,10 +672,14 @@ class TaskWatch:
         with self._cond:
             new = [f for f in self._followed.values() if f.filter is None]
         for followed in new:
-            followed.filter = collector.CreateFilter(
-                PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=followed.task)], propSet=[
-                    PC.PropertySpec(type=vim.Task, pathSet=TASK_PROPERTIES)]),
-                partialUpdates=False)
+            try:
+                followed.filter = collector.CreateFilter(
+                    PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=followed.task)], propSet=[
+                        PC.PropertySpec(type=vim.Task, pathSet=TASK_PROPERTIES)]),
+                    partialUpdates=False)
+            except vmodl.fault.ManagedObjectNotFound as exc:
+                if not self._gone(exc.obj):
+                    raise  # the collector is gone: the next round makes another
         if new and version:  # (the first poll of a collector answers with every state)
             self._read(session, new)
         self._expire()
@@ -692,8 +708,9 @@ class TaskWatch:
             found = session.content.propertyCollector.RetrieveContents([PC.FilterSpec(
                 objectSet=[PC.ObjectSpec(obj=f.task) for f in followed],
                 propSet=[PC.PropertySpec(type=vim.Task, pathSet=TASK_PROPERTIES)])])
-        except vmodl.fault.ManagedObjectNotFound as exc:  # a task vCenter no longer has
-            self._end(exc.obj._moId, None, VSphereError(f"task {exc.obj._moId} is gone"))
+        except vmodl.fault.ManagedObjectNotFound as exc:
+            if not self._gone(exc.obj):
+                raise
             return
         for obj in found:
             self._apply(obj.obj._moId, {p.name: p.val for p in obj.propSet})

@@ -155,12 +155,13 @@ def test_one_watch_follows_many_tasks_and_tells_each_end(adapter: VSphere,
     ended: list[tuple[Any, BaseException | None]] = []
     try:
         adapter.group_folder(group, create=True)
+        started = [adapter.steps(group, Clone(f"team-a-{group.name}-{i}", 1, 1024,
+                                              group.template))[0](None) for i in range(3)]
+        # From here on, what the watch costs (the clones' own lookups are done).
         calls = _counting(["Fetch", "CreateFilter", "DestroyPropertyFilter",
                            "CreatePropertyCollector"])
-        for i in range(3):
-            step = adapter.steps(group, Clone(f"team-a-{group.name}-{i}", 1, 1024,
-                                              group.template))[0]
-            watch.follow(step(None), lambda result, error: ended.append((result, error)),
+        for task in started:
+            watch.follow(task, lambda result, error: ended.append((result, error)),
                          lambda error: ended.append((None, error)))
         poll(lambda: len(ended) == 3, timeout=30, what=f"3 ends told (so far {ended})")
         made = calls()
@@ -172,6 +173,27 @@ def test_one_watch_follows_many_tasks_and_tells_each_end(adapter: VSphere,
     assert made["CreateFilter"] == made["DestroyPropertyFilter"] == 3, made
     assert made["CreatePropertyCollector"] == 1, made  # one collector for every task
     assert len(watch) == 0
+
+
+def test_a_task_vcenter_no_longer_has_fails_alone(adapter: VSphere, group: Group) -> None:
+    """A task followed after vCenter forgot it (a long outage) fails with a clear error, and
+    the other tasks followed meanwhile still end normally: the watch goes on."""
+    watch = TaskWatch(lambda: adapter).start()
+    ended: dict[str, BaseException | None] = {}
+    try:
+        adapter.group_folder(group, create=True)
+        gone = vim.Task("task-999999", adapter.si._stub)
+        real = adapter.steps(group, Clone(f"team-a-{group.name}-0", 1, 1024, group.template))[0]
+        def told(moid: str) -> Callable[[Any, BaseException | None], None]:
+            return lambda _, error: ended.update({moid: error})
+
+        for task in (gone, real(None)):
+            watch.follow(task, told(task._moId), lambda error: None)
+        poll(lambda: len(ended) == 2, timeout=30, what=f"both ends told (so far {ended})")
+    finally:
+        watch.stop()
+    assert isinstance(ended.pop("task-999999"), VSphereError)
+    assert list(ended.values()) == [None]
 
 
 def test_a_failed_task_carries_its_fault(adapter: VSphere, group: Group) -> None:
