@@ -61,6 +61,18 @@ class Chain(Generic[K]):
     started: float = field(default_factory=time.monotonic)
 
 
+def _take(table: dict[K, dict[str, Chain[K]]], chain: Chain[K]) -> bool:
+    """Take `chain` out of `table` (group -> VM -> chain), and its group once it has none left;
+    whether it was there."""
+    chains = table.get(chain.key, {})
+    if chains.get(chain.vm) is not chain:
+        return False
+    del chains[chain.vm]
+    if not chains:
+        del table[chain.key]
+    return True
+
+
 class Tasks(Generic[K]):
     def __init__(self, slots: int, watch: Watch, *,
                  enqueue: Callable[[K], None], enqueue_after: Callable[[K, float], None],
@@ -143,12 +155,8 @@ class Tasks(Generic[K]):
         with self._lock:
             while self._count < self._slots and self._turns:
                 chain = self._turns.popleft()
-                waiting = self._waiting.get(chain.key, {})
-                if waiting.get(chain.vm) is not chain:
+                if not _take(self._waiting, chain):
                     continue  # dropped since
-                del waiting[chain.vm]
-                if not waiting:
-                    del self._waiting[chain.key]
                 self._running.setdefault(chain.key, {})[chain.vm] = chain
                 self._count += 1
                 chain.started = time.monotonic()
@@ -211,12 +219,8 @@ class Tasks(Generic[K]):
             chain.steps.clear()
             error = None
         with self._lock:
-            running = self._running.get(chain.key, {})
-            if running.get(chain.vm) is not chain:
+            if not _take(self._running, chain):
                 return  # told already
-            del running[chain.vm]
-            if not running:
-                del self._running[chain.key]
             self._count -= 1
             if error is not None:
                 self._failures.setdefault(chain.key, []).append(error)
