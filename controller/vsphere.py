@@ -20,7 +20,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.client import HTTPException
 from typing import Any
@@ -403,11 +403,8 @@ class VSphere:
 
     def delete_folders(self, group: Group) -> None:
         """The group's folder, then its namespace folder when no other group uses it."""
-        try:
+        with self._looked_up_again():
             self._delete_folders(group)
-        except vmodl.fault.ManagedObjectNotFound as exc:
-            self.forget()  # something we remembered is gone: the retry looks it up again
-            raise VSphereError(f"{exc.obj} is gone from vCenter") from None
 
     def _task(self, obj: Any, method: str, **kwargs: Any) -> Any:
         """Run `obj.method(**kwargs)`, a vSphere task, and wait for it, within the process's
@@ -512,13 +509,21 @@ class VSphere:
     def _guarded(self, step: Callable[[Any], Any]) -> Callable[[Any], Any]:
         def guarded(previous: Any) -> Any:
             try:
-                return step(previous)
-            except vmodl.fault.ManagedObjectNotFound as exc:
-                self.forget()  # something we remembered is gone: the retry looks it up again
-                raise VSphereError(f"{exc.obj} is gone from vCenter") from None
+                with self._looked_up_again():
+                    return step(previous)
             except vmodl.MethodFault as exc:
                 raise _task_error(exc) from None
         return guarded
+
+    @contextlib.contextmanager
+    def _looked_up_again(self) -> Iterator[None]:
+        """An object vCenter no longer has: a clear error, and everything remembered is
+        forgotten, so the retry looks it up again."""
+        try:
+            yield
+        except vmodl.fault.ManagedObjectNotFound as exc:
+            self.forget()
+            raise VSphereError(f"{exc.obj} is gone from vCenter") from None
 
     @staticmethod
     def done_anyway(error: BaseException) -> bool:

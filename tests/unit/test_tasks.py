@@ -9,7 +9,6 @@ a deadline, for the state it expects.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,15 +16,12 @@ from typing import Any
 import pytest
 
 from controller.tasks import PROGRESS_SECONDS, Chain, Step, Tasks
+from hack.stack import poll
 
 
 def _until(predicate: Callable[[], bool], timeout: float = 5, what: str = "") -> None:
-    """Wait for `predicate` to hold, polling every 5 ms; fail the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not true within {timeout}s: {what or predicate}")
-        time.sleep(0.005)
+    """Wait for `predicate` to hold, polling every 5 ms; fail after `timeout`."""
+    poll(predicate, timeout=timeout, what=what or str(predicate), interval=0.005)
 
 
 @dataclass
