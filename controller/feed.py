@@ -37,18 +37,37 @@ class Inventory:
     """Which group each VM under the base folder is in, and what the feed last said of it.
     `place` says which group a folder is the folder of (None: none); it is asked once per
     folder. A change that repeats what is known (vcsim re-announces every VM as it re-scans)
-    wakes nobody."""
+    wakes nobody.
+
+    It outlives the feed's sessions: after a reconnect the new filter lists every VM again, and
+    only what changed meanwhile wakes a group (the VMs the listing no longer names included),
+    instead of every group at once while vCenter is already busy."""
 
     def __init__(self, place: Callable[[Any], Key | None]) -> None:
-        self._place = place
+        self.place = place
         self._groups: dict[str, Key | None] = {}  # folder id -> group
         self._vms: dict[str, tuple[Key | None, dict[str, Any]]] = {}  # VM id -> group, values
+        self._listed: set[str] | None = None  # the VMs a listing has named so far
+
+    def listing(self, place: Callable[[Any], Key | None]) -> None:
+        """A new filter is about to list every VM; `place` asks through its session."""
+        self.place, self._listed = place, set()
+
+    def listed(self) -> list[tuple[str, Key]]:
+        """The listing is whole: (VM id, group) of the VMs that went while nobody listened."""
+        listed, self._listed = self._listed, None
+        if listed is None:
+            return []  # no listing under way
+        gone = [moid for moid in self._vms if moid not in listed]
+        return [(moid, key) for moid in gone if (key := self.vm(moid, "leave", {})) is not None]
 
     def vm(self, moid: str, kind: str, changes: dict[str, Any]) -> Key | None:
         """The group to tell about this change of a VM (None: nobody)."""
         if kind == "leave":
             gone = self._vms.pop(moid, None)
             return gone[0] if gone else None
+        if self._listed is not None:
+            self._listed.add(moid)
         before, values = self._vms.get(moid, (None, {}))
         new = {name: getattr(value, "_moId", value) for name, value in changes.items()}
         if moid in self._vms and all(values.get(k) == v for k, v in new.items()):
@@ -56,7 +75,7 @@ class Inventory:
         group = before
         if (folder := new.get("parent")) is not None:
             if folder not in self._groups:
-                self._groups[folder] = self._place(changes["parent"])
+                self._groups[folder] = self.place(changes["parent"])
             group = self._groups[folder]
         self._vms[moid] = (group, {**values, **new})
         # Moved out of a group's folder: that group has lost a VM.
@@ -71,6 +90,8 @@ class VCenterFeed:
         self._stop = threading.Event()
         self._retry = threading.Event()  # cuts a reconnect backoff short
         self._thread = threading.Thread(target=self._run, name="vcenter-feed", daemon=True)
+        self._inventory = Inventory(lambda folder: None)
+        self.listings = 0  # whole listings of the VMs heard (one per session), for tests
 
     def start(self) -> VCenterFeed:
         self._thread.start()
@@ -109,7 +130,8 @@ class VCenterFeed:
             raise VSphereError("the base folder cannot be made")
         content = session.content
         collector = content.propertyCollector.CreatePropertyCollector()
-        inventory = Inventory(lambda folder: self._key(folder, base))
+        inventory = self._inventory
+        inventory.listing(lambda folder: self._key(folder, base))
         # Down the folder tree by traversal, not through a ContainerView: vcsim deadlocks a
         # view's lock against its property filters while VMs are being created.
         down = PC.TraversalSpec(name="down", type=vim.Folder, path="childEntity", skip=False,
@@ -121,14 +143,19 @@ class VCenterFeed:
                 partialUpdates=True)
             version = ""
             options = PC.WaitOptions(maxWaitSeconds=MAX_WAIT_SECONDS)
+            listing = True  # the filter's first answers list every VM, page by page
             while not self._stop.is_set():
                 update = collector.WaitForUpdatesEx(version, options)
-                if update is None:
-                    continue  # the long poll timed out: nothing changed
-                version = update.version
-                for change in (c for fu in update.filterSet for c in fu.objectSet):
-                    if isinstance(change.obj, vim.VirtualMachine):  # not the folders passed
-                        self._changed(inventory, change)
+                if update is not None:
+                    version = update.version
+                    for change in (c for fu in update.filterSet for c in fu.objectSet):
+                        if isinstance(change.obj, vim.VirtualMachine):  # not the folders passed
+                            self._changed(inventory, change)
+                if listing and (update is None or not update.truncated):
+                    listing = False
+                    for moid, key in inventory.listed():
+                        self._changed_vm(key, moid, "leave", {})
+                    self.listings += 1
         finally:
             collector.Destroy()
 

@@ -12,7 +12,8 @@ import pytest
 from prometheus_client import REGISTRY
 from pyVmomi import vim
 
-from controller.planner import AddFinalizer, Clone, Group, Plan, RemoveFinalizer, plan
+from controller.feed import VCenterFeed
+from controller.planner import AddFinalizer, Clone, Destroy, Group, Plan, RemoveFinalizer, plan
 from controller.vsphere import Sessions, TaskWatch, VCenterConfig, VSphere, VSphereError
 from hack.stack import VCenterInfo, poll, vsphere
 from vmgroup_api import OWNER_KEY
@@ -249,3 +250,39 @@ def test_an_idle_session_is_kept_alive_and_a_busy_one_is_left_alone(
         assert busy()["CurrentTime"] == 0
     finally:
         sessions.close()
+
+
+def test_the_feed_after_a_reconnect_wakes_only_the_groups_that_changed(
+        config: VCenterConfig, adapter: VSphere, group: Group, vsphere_si: Any) -> None:
+    """The feed's session ends behind its back and one VM goes meanwhile: the new session
+    lists every VM again, and only the group that lost a VM hears of it, once (the other VMs,
+    as they were, wake nobody)."""
+    heard: list[tuple[tuple[str, str], str, str]] = []
+    addressed: set[str] = set()
+
+    def changed(k: tuple[str, str], moid: str, kind: str, values: dict[str, Any]) -> None:
+        heard.append((k, moid, kind))
+        if values.get("guest.ipAddress"):
+            addressed.add(moid)
+
+    key = (group.namespace, group.name)
+    feed = VCenterFeed(config, changed).start()
+    try:
+        converge(adapter, replace(group, replicas=2))
+        vms = {vm.moid for vm in adapter.observe(group)}
+        poll(lambda: feed.listings == 1 and vms <= addressed, timeout=30,
+             what="the feed to hear of both VMs up with their addresses")
+        mine = vsphere_si.content.sessionManager.currentSession.key
+        for session in vsphere_si.content.sessionManager.sessionList:
+            if session.key != mine:  # the feed's among them; the adapter logs in again
+                vsphere_si.content.sessionManager.TerminateSession(sessionId=[session.key])
+        heard.clear()
+        gone = min(adapter.observe(group), key=lambda vm: vm.name)
+        adapter.execute(group, Destroy(gone.name))
+        poll(lambda: feed.listings == 2, timeout=30, what="the feed's second listing")
+        # Powered off, then destroyed: the group that lost it hears of that, and only of that.
+        assert {(k, moid) for k, moid, _ in heard} == {(key, gone.moid)}
+        assert heard[-1] == (key, gone.moid, "leave")
+    finally:
+        feed.stop()
+        converge(adapter, replace(group, replicas=0))

@@ -57,3 +57,30 @@ def test_a_change_that_repeats_what_is_known_wakes_nobody() -> None:
     assert inv.vm("vm-1", "modify", {"runtime.powerState": "poweredOn"}) is None
     assert inv.vm("vm-1", "modify", {"runtime.powerState": "poweredOff"}) == ("team-a", "vg-1")
     assert inv.vm("vm-1", "enter", {**seen, "runtime.powerState": "poweredOff"}) is None
+
+
+def test_a_listing_after_a_reconnect_wakes_only_what_changed_or_went() -> None:
+    inv, asked = inventory()
+    for i in range(3):
+        inv.vm(f"vm-{i}", "enter", {"parent": "f-vg", "runtime.powerState": "poweredOn"})
+    relisted: list[str] = []
+    inv.listing(relisted.append)  # a new session's lookup
+    # vm-0 as it was, vm-1 powered off meanwhile, vm-2 gone, vm-3 new.
+    assert inv.vm("vm-0", "enter", {"parent": "f-vg", "runtime.powerState": "poweredOn"}) is None
+    assert inv.vm("vm-1", "enter", {"parent": "f-vg", "runtime.powerState": "poweredOff"}) == (
+        "team-a", "vg-1")
+    assert inv.vm("vm-3", "enter", {"parent": "f-vg"}) == ("team-a", "vg-1")
+    assert inv.listed() == [("vm-2", ("team-a", "vg-1"))]
+    assert asked == ["f-vg"]  # the folder is known: vCenter is not asked again
+    assert relisted == []
+    # The listing is over: a later change is just a change, and nothing else is missing.
+    assert inv.vm("vm-2", "leave", {}) is None
+    assert inv.listed() == []
+
+
+def test_an_empty_listing_means_every_known_vm_went() -> None:
+    inv, _ = inventory()
+    inv.vm("vm-1", "enter", {"parent": "f-vg"})
+    inv.vm("vm-9", "enter", {"parent": "f-ns"})  # in no group: nobody to tell
+    inv.listing(lambda folder: None)
+    assert inv.listed() == [("vm-1", ("team-a", "vg-1"))]
