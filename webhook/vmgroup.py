@@ -8,7 +8,6 @@ subresource.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -85,10 +84,11 @@ def apply_defaults(group: Mapping[str, Any], policy: Policy,
     out must not reset it, nor meet a default that changed since the group was created. A spec
     that is not an object is left alone for validation to refuse with a message.
     """
-    result = copy.deepcopy(dict(group))
+    result = dict(group)  # only top-level spec fields are set: a shallow copy is enough
     spec = result.setdefault("spec", {})
     if not isinstance(spec, dict):
         return result, []
+    spec = result["spec"] = dict(spec)
     previous = _dict(_dict(old).get("spec"))
     for field, value in (*DEFAULTS.items(), ("template", policy.default_template)):
         if spec.get(field) is None:
@@ -213,7 +213,11 @@ def mutate(request: AdmissionRequest, policy: Policy) -> dict[str, Any]:
         return allow(request.uid)
     old = request.old_object if request.operation == "UPDATE" else None
     defaulted, warnings = apply_defaults(request.object, policy, old)
-    return allow(request.uid, patch=json_patch(request.object, defaulted), warnings=warnings)
+    # Defaults touch the spec alone: diffed and proven there, not over the whole object, whose
+    # metadata (managedFields above all) can be most of it.
+    before = {"spec": request.object["spec"]} if "spec" in request.object else {}
+    return allow(request.uid, patch=json_patch(before, {"spec": defaulted["spec"]}),
+                 warnings=warnings)
 
 
 def validate(request: AdmissionRequest, policy: Policy) -> dict[str, Any]:
