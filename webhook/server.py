@@ -103,11 +103,21 @@ class BalancingThreadWorker(ThreadWorker):  # type: ignore[misc]
     """
 
     ACCEPT_DELAY = 0.002  # seconds per connection held, at most 4 of them counted
+    # The arbiter only checks the heartbeat against `timeout` (30 s); gunicorn beats it (a
+    # utime() call) on every turn of the event loop, i.e. once per request under load.
+    HEARTBEAT_SECONDS = 1.0
+    _beaten = 0.0
 
     def accept(self, listener: Any) -> None:
         if self.nr_conns:
             time.sleep(self.ACCEPT_DELAY * min(self.nr_conns, 4))
         super().accept(listener)
+
+    def notify(self) -> None:
+        now = time.monotonic()
+        if now - self._beaten >= self.HEARTBEAT_SECONDS:
+            self._beaten = now
+            super().notify()
 
 
 class AdmissionLogger(glogging.Logger):  # type: ignore[misc]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,12 @@ from hack.stack.reviews import review, vmgroup
 from webhook import __main__ as cli
 from webhook.admission import AdmissionRequest
 from webhook.app import create_app
-from webhook.server import ReloadingTLSContext, ServerSettings, gunicorn_options
+from webhook.server import (
+    BalancingThreadWorker,
+    ReloadingTLSContext,
+    ServerSettings,
+    gunicorn_options,
+)
 
 
 def _boom(request: AdmissionRequest) -> dict[str, Any]:
@@ -87,6 +93,24 @@ def test_gunicorn_opens_no_control_socket() -> None:
     for key, value in gunicorn_options(ServerSettings(cert_file="c", key_file="k")).items():
         config.set(key, value)
     assert config.control_socket_disable is True  # (constraints.txt pins a gunicorn with one)
+
+
+def test_the_worker_heartbeat_is_a_file_touch_per_second_not_per_request() -> None:
+    """gunicorn touches the worker's heartbeat file on every turn of its event loop (once per
+    request under load); the arbiter only needs it within `timeout` (30 s)."""
+    touched: list[float] = []
+
+    class Heartbeat:
+        def notify(self) -> None:
+            touched.append(time.monotonic())
+
+    worker = BalancingThreadWorker.__new__(BalancingThreadWorker)  # no process to set up
+    worker.tmp = Heartbeat()
+    started = time.monotonic()
+    for _ in range(1000):
+        worker.notify()
+    assert len(touched) == 1 + int((time.monotonic() - started) / worker.HEARTBEAT_SECONDS)
+    assert worker.HEARTBEAT_SECONDS * 10 <= 30  # well within the arbiter's timeout
 
 
 def _pair(tmp_path: Path, authority: CertificateAuthority) -> tuple[str, str]:
