@@ -57,6 +57,13 @@ class BackgroundStreamHandler(logging.Handler):
         me = weakref.WeakMethod(self.flush), weakref.WeakMethod(self._forget_writer)
         os.register_at_fork(before=lambda: _call(me[0]), after_in_child=lambda: _call(me[1]))
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        # emit() is thread-safe by itself: no handler lock for every line, as Handler takes.
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + "\n"
