@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import ssl
@@ -62,6 +63,33 @@ def test_body_over_the_limit_is_413_json() -> None:
     answer = client.post("/mutate/vmgroups", data=b"x" * 101)
     assert answer.status_code == 413
     assert "Request Entity Too Large" in answer.get_json()["error"]
+
+
+@pytest.mark.parametrize("body", [
+    review(vmgroup(template="t")),  # defaulted: a patch
+    review(vmgroup(cpu=99, template="t")),  # refused by the rules
+    {"apiVersion": "v1", "kind": "Pod"},  # not an AdmissionReview: a 400
+])
+def test_the_fast_path_answers_as_flask_does(body: dict[str, Any]) -> None:
+    """With a Content-Length the WSGI fast path answers; without, Flask's route: the same."""
+    client = create_app().test_client()
+    data = json.dumps(body).encode()
+    for path in ("/mutate/vmgroups", "/validate/vmgroups"):
+        fast = client.post(path, data=data, content_type="application/json")
+        # A body of unknown length (chunked, which gunicorn ends for the app): Flask's route.
+        slow = client.post(path, input_stream=io.BytesIO(data), content_type="application/json",
+                           environ_overrides={"wsgi.input_terminated": True, "CONTENT_LENGTH": ""})
+        assert not slow.request.environ.get("CONTENT_LENGTH")
+        assert (fast.status_code, fast.content_type, fast.get_json()) == (
+            slow.status_code, slow.content_type, slow.get_json())
+        assert fast.headers["Content-Length"] == str(len(fast.data))
+
+
+def test_other_methods_and_paths_are_flasks_json_errors() -> None:
+    client = create_app().test_client()
+    assert client.get("/mutate/vmgroups").status_code == 405
+    assert client.post("/mutate/pods", data=b"{}").get_json()["error"].startswith("Not Found")
+    assert client.get("/healthz").data == b"ok"
 
 
 def test_metrics_count_outcomes() -> None:
