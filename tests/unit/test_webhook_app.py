@@ -20,6 +20,7 @@ from webhook.admission import AdmissionRequest
 from webhook.app import create_app
 from webhook.server import (
     BalancingThreadWorker,
+    HeadWithBody,
     ReloadingTLSContext,
     ServerSettings,
     gunicorn_options,
@@ -139,6 +140,38 @@ def test_the_worker_heartbeat_is_a_file_touch_per_second_not_per_request() -> No
         worker.notify()
     assert len(touched) == 1 + int((time.monotonic() - started) / worker.HEARTBEAT_SECONDS)
     assert worker.HEARTBEAT_SECONDS * 10 <= 30  # well within the arbiter's timeout
+
+
+class _Wire:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 8443)
+
+
+def test_a_responses_head_goes_out_with_its_body_in_one_write() -> None:
+    wire = _Wire()
+    sock = HeadWithBody(wire)
+    sock.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert wire.writes == []  # held for the body
+    sock.sendall(b"{}")
+    sock.sendall(b"more")  # the rest of a longer body: as it comes
+    sock.flush()
+    assert wire.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}", b"more"]
+    assert sock.getsockname() == ("127.0.0.1", 8443)  # everything else is the socket's
+
+
+def test_a_head_without_a_body_goes_out_when_the_response_ends() -> None:
+    wire = _Wire()
+    sock = HeadWithBody(wire)
+    sock.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+    sock.flush()
+    sock.flush()
+    assert wire.writes == [b"HTTP/1.1 204 No Content\r\n\r\n"]
 
 
 def _pair(tmp_path: Path, authority: CertificateAuthority) -> tuple[str, str]:
