@@ -134,7 +134,7 @@ class BalancingThreadWorker(ThreadWorker):  # type: ignore[misc]
 class HeadWithBody:
     """A connection's socket for the length of one response: gunicorn writes the status line
     and headers, then the body, each with sendall(); this sends the head with the body, in
-    one TLS record and one system call instead of two (a quarter more admissions a second,
+    one TLS record and one system call instead of two (a fifth more admissions a second,
     measured, as the client too reads one record). What is held when the response ends (a
     body-less answer) is sent then. Everything else is the socket's own."""
 
