@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -135,6 +136,20 @@ class Process:
                 f"{self.name} exited with code {self._popen.returncode}; "
                 f"last lines of {self.log_path}:\n{self.log_tail()}"
             )
+
+    def log_entries(self) -> list[dict[str, Any]]:
+        """The JSON lines of the log, parsed (our parts log one object per line, written by a
+        thread of their own: poll for one that should come). Other lines are skipped."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        entries = []
+        for line in text.splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    entries.append(json.loads(line))
+        return entries
 
     def log_tail(self, lines: int = 25) -> str:
         try:

@@ -288,6 +288,10 @@ def test_each_vm_of_a_group_is_shown_with_its_address_host_and_uuid(
     assert wide_row.split()[-3:-1] == ["True", vms[0]["ipAddresses"][0]]
 
 
+def _logged(controller: Controller, msg: str) -> bool:
+    return any(entry.get("msg") == msg for entry in controller.process.log_entries())
+
+
 def _metric(stack: LocalStack, sample: str) -> float:
     assert stack.controller is not None
     for line in stack.controller.get("/metrics").decode().splitlines():
@@ -368,14 +372,14 @@ def test_a_standby_replica_takes_over_when_the_leader_stops(stack: LocalStack) -
                          name="controller-standby")
     standby.start()  # ready while waiting: a standby is healthy
     try:
-        poll(lambda: '"msg": "waiting for leadership"' in standby.process.log_path.read_text(),
+        poll(lambda: _logged(standby, "waiting for leadership"),
              timeout=30, what="the second replica to wait")
         holder = json.loads(kubectl(stack.kubeconfig, "get", "lease", "-n", "default",
                                     "vmgroup-controller", "-o", "json"))["spec"]
         assert holder["holderIdentity"].endswith(f"_{leader.process.pid}")
 
         leader.process.signal(signal.SIGTERM)
-        poll(lambda: '"msg": "leading"' in standby.process.log_path.read_text(), timeout=10,
+        poll(lambda: _logged(standby, "leading"), timeout=10,
              what="the standby to lead right after the release (not a lease duration later)")
         run = _kubectl(stack)
         run("create", "-f", str(EXAMPLE))
@@ -407,17 +411,23 @@ def test_a_fresh_group_takes_few_reconciles_and_logs_each_vm_action(stack: Local
     assert cost[("create", "events")] == 3
     assert cost[("patch", "events")] == 0
     assert 2 <= cost[("patch", "vmgroups/status")] <= 5
-    with log.open() as f:
-        f.seek(offset)
-        lines = [json.loads(line) for line in f if line.startswith("{")]
-    mine = [line for line in lines if line.get("vmgroup") == f"{NAMESPACE}/vg-1"]
-    reconciles = [line for line in mine if line["msg"] in ("reconciled", "reconcile failed")]
+
+    def mine() -> list[dict[str, Any]]:
+        with log.open() as f:
+            f.seek(offset)
+            lines = [json.loads(line) for line in f if line.startswith("{")]
+        return [line for line in lines if line.get("vmgroup") == f"{NAMESPACE}/vg-1"]
+
+    # The lines are written by the controller's log thread, a moment after they are logged.
+    poll(lambda: len([line for line in mine() if line["msg"] == "vm action"]) >= 3,
+         timeout=10, what="a log line per VM action")
+    reconciles = [line for line in mine() if line["msg"] in ("reconciled", "reconcile failed")]
     print(f"reconciles of a fresh group of 3 until RUNNING: {len(reconciles)}")
     # One does the work; the guests' addresses, reported a while after power-on, bring one
     # more (it writes status.vms). The echoes of our own work (status, finalizer, the clones
     # and power-ons coming back through the change feed) bring none.
     assert 1 <= len(reconciles) <= 2
-    actions = [line for line in mine if line["msg"] == "vm action"]
+    actions = [line for line in mine() if line["msg"] == "vm action"]
     done = sorted((a["action"], a["vm"]) for a in actions)
     assert done == [("Clone", f"{NAMESPACE}-vg-1-{i}") for i in range(3)]  # (and power on)
     for line in actions:

@@ -126,7 +126,8 @@ def test_a_410_gone_leads_to_a_relist_and_nothing_is_lost(
         poll(lambda: any(s.path == LIST_PATH and not s.watch and s.started > expired.started
                          for s in apiproxy.seen), timeout=15, what="a relist after the 410")
         assert len([s for s in apiproxy.seen if s.path == LIST_PATH and not s.watch]) > lists
-        assert "watch expired (410 Gone); relisting" in _log(controller)
+        poll(lambda: "watch expired (410 Gone); relisting" in _log(controller), timeout=10,
+             what="the 410 logged")
         _create(stack, "vg-b", 2)  # seen through the watch that follows the relist
         _wait_running(stack, "vg-b", 2)
         _wait_running(stack, "vg-a", 1)
