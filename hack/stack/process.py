@@ -137,26 +137,28 @@ class Process:
                 f"last lines of {self.log_path}:\n{self.log_tail()}"
             )
 
-    def log_entries(self) -> list[dict[str, Any]]:
-        """The JSON lines of the log, parsed (our parts log one object per line, written by a
-        thread of their own: poll for one that should come). Other lines are skipped."""
+    def _log_text(self, since: int = 0) -> str | None:
         try:
-            text = self.log_path.read_text(errors="replace")
+            with self.log_path.open("rb") as log:
+                log.seek(since)
+                return log.read().decode(errors="replace")
         except OSError:
-            return []
+            return None
+
+    def log_entries(self, since: int = 0) -> list[dict[str, Any]]:
+        """The JSON lines of the log from byte `since` on, parsed (our parts log one object per
+        line, written by a thread of their own: poll for one that should come). Other lines
+        are skipped."""
         entries = []
-        for line in text.splitlines():
+        for line in (self._log_text(since) or "").splitlines():
             if line.startswith("{"):
                 with contextlib.suppress(ValueError):
                     entries.append(json.loads(line))
         return entries
 
     def log_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        text = self._log_text()
+        return "(no log)" if text is None else "\n".join(text.splitlines()[-lines:])
 
     def signal(self, sig: int) -> None:
         if self.running() and self._popen is not None:

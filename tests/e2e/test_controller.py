@@ -15,7 +15,8 @@ import pytest
 from controller.planner import Group, Vm
 from controller.vsphere import VCenterConfig, VSphere
 from hack.stack import REPO, LocalStack, binary, poll, vsphere
-from hack.stack.components import Controller, install_crd, kubectl
+from hack.stack.components import Controller, kubectl
+from tests.e2e.stacks import vmgroup_stack
 from tests.unit.test_contract import CONTRACT_COLUMNS
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
@@ -32,12 +33,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """A whole stack of its own: API server, vcsim, webhook and controller."""
     # Clones take half a second, as a (fast) real vCenter's would: there is a "middle" of a
     # scale-up to kill the controller in.
-    with LocalStack(tmp_path_factory.mktemp("controller"),
-                    vcsim_method_delays={"CloneVM_Task": 500}) as local:
-        install_crd(local.kubeconfig)
-        kubectl(local.kubeconfig, "create", "namespace", NAMESPACE)
-        local.start_webhook()
-        local.start_controller(CONTROLLER_ARGS)
+    with vmgroup_stack(tmp_path_factory.mktemp("controller"), NAMESPACE, webhook=True,
+                       controller_args=CONTROLLER_ARGS,
+                       vcsim_method_delays={"CloneVM_Task": 500}) as local:
         yield local
 
 
@@ -194,8 +192,8 @@ def test_drift_is_repaired_in_seconds_not_at_resync(stack: LocalStack, vcenter: 
     folder = vcenter.group_folder(Group(NAMESPACE, "vg-1", obj["metadata"]["uid"], 1, 1, 0, ""))
     first, second = sorted(folder.childEntity, key=lambda v: v.name)[:2]
     assert stack.controller is not None
-    log = stack.controller.process.log_path
-    seen = len(log.read_text())
+    controller = stack.controller
+    seen = controller.process.log_path.stat().st_size
     vsphere.wait_for_task(first.PowerOffVM_Task())
 
     def destroyed() -> bool:
@@ -215,8 +213,8 @@ def test_drift_is_repaired_in_seconds_not_at_resync(stack: LocalStack, vcenter: 
     poll(repaired, timeout=30, what="the controller to repair the drift")
     _wait_for_row(stack, converged)
     # ... because the feed reported the changes, not because a reconcile happened to be due.
-    feed = [json.loads(line) for line in log.read_text()[seen:].splitlines()
-            if '"vCenter change"' in line]
+    feed = [e for e in controller.process.log_entries(since=seen)
+            if e.get("msg") == "vCenter change"]
     assert {(e["vmgroup"], e["kind"]) for e in feed} >= {
         (f"{NAMESPACE}/vg-1", "modify"), (f"{NAMESPACE}/vg-1", "leave")}
     run("delete", "vg", "vg-1", "--timeout=60s")
@@ -394,8 +392,8 @@ def test_a_fresh_group_takes_few_reconciles_and_logs_each_vm_action(stack: Local
     """Its own status write wakes nobody, the finalizer is added in the same pass as the clones,
     and every VM action is one structured log line."""
     assert stack.controller is not None
-    log = stack.controller.process.log_path
-    offset = log.stat().st_size
+    controller = stack.controller
+    offset = controller.process.log_path.stat().st_size
     requests = {(verb, resource): f'vmgroup_controller_api_requests_total{{resource='
                 f'"{resource}",verb="{verb}"}}' for verb, resource in (
                     ("patch", "vmgroups"), ("patch", "vmgroups/status"), ("create", "events"),
@@ -413,10 +411,8 @@ def test_a_fresh_group_takes_few_reconciles_and_logs_each_vm_action(stack: Local
     assert 2 <= cost[("patch", "vmgroups/status")] <= 5
 
     def mine() -> list[dict[str, Any]]:
-        with log.open() as f:
-            f.seek(offset)
-            lines = [json.loads(line) for line in f if line.startswith("{")]
-        return [line for line in lines if line.get("vmgroup") == f"{NAMESPACE}/vg-1"]
+        return [line for line in controller.process.log_entries(since=offset)
+                if line.get("vmgroup") == f"{NAMESPACE}/vg-1"]
 
     # The lines are written by the controller's log thread, a moment after they are logged.
     poll(lambda: len([line for line in mine() if line["msg"] == "vm action"]) >= 3,

@@ -19,12 +19,12 @@ import pytest
 from hack.stack import LocalStack, poll
 from hack.stack.components import (
     Controller,
-    install_crd,
     kubeconfig,
     kubectl,
     write_kubeconfig,
 )
 from tests.apiproxy import ApiProxy
+from tests.e2e.stacks import vmgroup_stack
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
 
@@ -36,10 +36,8 @@ ARGS = ["--resync-seconds=3600"]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(tmp_path_factory.mktemp("failures"),
-                    vcsim_method_delays={"CloneVM_Task": 200}) as local:
-        install_crd(local.kubeconfig)
-        kubectl(local.kubeconfig, "create", "namespace", NAMESPACE)
+    with vmgroup_stack(tmp_path_factory.mktemp("failures"), NAMESPACE,
+                       vcsim_method_delays={"CloneVM_Task": 200}) as local:
         yield local
 
 

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from hack.stack import LocalStack, poll
-from hack.stack.components import install_crd, kubectl
+from hack.stack.components import kubectl
+from tests.e2e.stacks import vmgroup_stack
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
 
@@ -26,11 +27,9 @@ IN_FLIGHT = "vmgroup_controller_vm_actions_in_flight"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(tmp_path_factory.mktemp("tasks"),
-                    vcsim_task_delays={"CloneVm": 3000}) as local:
-        install_crd(local.kubeconfig)
-        kubectl(local.kubeconfig, "create", "namespace", NAMESPACE)
-        local.start_controller(["--workers=1", f"--max-vcenter-tasks={CAP}"])
+    with vmgroup_stack(tmp_path_factory.mktemp("tasks"), NAMESPACE,
+                       controller_args=["--workers=1", f"--max-vcenter-tasks={CAP}"],
+                       vcsim_task_delays={"CloneVm": 3000}) as local:
         yield local
 
 

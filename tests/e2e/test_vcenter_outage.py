@@ -26,7 +26,8 @@ import pytest
 from controller.planner import Group
 from controller.vsphere import VCenterConfig, VSphere
 from hack.stack import LocalStack, poll
-from hack.stack.components import install_crd, kubectl
+from hack.stack.components import kubectl
+from tests.e2e.stacks import vmgroup_stack
 
 pytestmark = [pytest.mark.kube, pytest.mark.vcenter]
 
@@ -44,12 +45,9 @@ spec: {replicas: 2, template: vm-operator-template}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(tmp_path_factory.mktemp("outage"),
-                    vcsim_task_delays={"CloneVm": 2000}) as local:
-        install_crd(local.kubeconfig)
-        kubectl(local.kubeconfig, "create", "namespace", NAMESPACE)
-        local.start_webhook()
-        local.start_controller([f"--vcenter-timeout={TIMEOUT}"])
+    with vmgroup_stack(tmp_path_factory.mktemp("outage"), NAMESPACE, webhook=True,
+                       controller_args=[f"--vcenter-timeout={TIMEOUT}"],
+                       vcsim_task_delays={"CloneVm": 2000}) as local:
         yield local
 
 

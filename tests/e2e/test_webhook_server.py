@@ -133,10 +133,8 @@ def test_every_admission_is_logged_with_its_uid(vmgroup_webhook: Webhook,
     uid = body["request"]["uid"]
 
     def logged() -> dict[str, Any] | None:
-        for line in vmgroup_webhook.process.log_path.read_text().splitlines():
-            if uid in line:
-                return dict(json.loads(line))
-        return None
+        return next((e for e in vmgroup_webhook.process.log_entries() if e.get("uid") == uid),
+                    None)
 
     entry = poll(logged, timeout=10, what="the admission log line")
     assert entry["uid"] == uid
