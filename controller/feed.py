@@ -18,9 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pyVmomi import vim
-
 from . import metrics
+from .vmomi import vim
 from .vsphere import PC, VCenterConfig, VSphere, VSphereError
 
 log = logging.getLogger("vmgroup.controller.feed")

@@ -26,9 +26,6 @@ from http.client import HTTPException
 from typing import Any
 from xml.parsers.expat import ExpatError
 
-from pyVim.connect import SmartStubAdapter, VimSessionOrientedStub
-from pyVmomi import vim, vmodl
-
 from vmgroup_api import OWNER_KEY
 
 from . import metrics
@@ -42,6 +39,7 @@ from .planner import (
     Reconfigure,
     Vm,
 )
+from .vmomi import SmartStubAdapter, VimSessionOrientedStub, vim, vmodl
 
 log = logging.getLogger("vmgroup.controller.vsphere")
 
