@@ -20,7 +20,14 @@ from collections.abc import Callable, Set
 from pathlib import Path
 from typing import Any
 
-from kubekit.cli import LOG_LEVELS, ConfigError, EnvParser, fail, kube_client
+from kubekit.cli import (
+    LOG_LEVELS,
+    ConfigError,
+    EnvParser,
+    client_parts_only,
+    fail,
+    kube_client,
+)
 
 ENV_PREFIX = "VMGROUP_CONTROLLER_"
 IDLE_TRIM_SECONDS = 30.0  # how often an idle controller gives freed memory back
@@ -201,10 +208,17 @@ def _run_until(stop: threading.Event, idle: Callable[[], bool]) -> None:
             malloc.give_back()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _lean_process() -> None:
+    """Set what must be set before any thread starts and before the first import of the
+    kubernetes client."""
     from . import malloc  # noqa: PLC0415
 
-    malloc.few_arenas()  # before any thread starts
+    malloc.few_arenas()
+    client_parts_only()
+
+
+def main(argv: list[str] | None = None) -> int:
+    _lean_process()
     args = parser().parse_args(argv)
     try:
         password = _password(args)

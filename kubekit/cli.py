@@ -8,6 +8,7 @@ stderr naming the problem and the fix, and exit code 2: never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from importlib.metadata import version
@@ -60,18 +61,41 @@ def fail(prog: str, message: str) -> NoReturn:
     sys.exit(2)
 
 
+def client_parts_only() -> None:
+    """From now on, `import kubernetes.<part>` loads that part of the official client alone.
+
+    The package's `__init__` imports every part eagerly, and with `config` the kubeconfig
+    loader's OAuth and OIDC stack (requests, oauthlib, requests_oauthlib), with `stream` a
+    WebSocket client: 8 MB of resident memory that a controller in a Pod never uses (it reads
+    its service account). The parts run unchanged; only the two package `__init__`s are left
+    out (what they import, a part imports itself when it needs it). Nothing to do once
+    `kubernetes` is imported: the parts are then already there.
+    """
+    if "kubernetes" in sys.modules:
+        return
+    for package in ("kubernetes", "kubernetes.config"):
+        spec = importlib.util.find_spec(package)
+        if spec is None:  # not installed: the first import of a part says so
+            return
+        sys.modules[package] = importlib.util.module_from_spec(spec)
+
+
 def kube_client(kubeconfig: str | None, flag_env: str) -> Any:
     """An API client from `kubeconfig`, else from the Pod's service account; ConfigError with
-    the fix when neither works (`flag_env` names where a kubeconfig can be given)."""
-    from kubernetes import client, config  # noqa: PLC0415 - what needs no API server skips it
+    the fix when neither works (`flag_env` names where a kubeconfig can be given). The
+    kubeconfig loader is imported only when a kubeconfig is given (see client_parts_only)."""
+    # What needs no API server skips these imports.
+    from kubernetes import client  # noqa: PLC0415
     from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
 
     if kubeconfig:
         if not os.access(kubeconfig, os.R_OK):
             raise ConfigError(f"cannot read kubeconfig {kubeconfig}: "
                               f"{'no such file' if not os.path.exists(kubeconfig) else 'denied'}")
+        from kubernetes.config import kube_config  # noqa: PLC0415
+
         try:
-            return config.new_client_from_config(config_file=kubeconfig)
+            return kube_config.new_client_from_config(config_file=kubeconfig)
         except OSError as exc:
             raise ConfigError(f"cannot read kubeconfig {kubeconfig}: {exc.strerror}") from None
         except (ConfigException, ValueError, TypeError) as exc:
@@ -79,8 +103,10 @@ def kube_client(kubeconfig: str | None, flag_env: str) -> Any:
     if not os.environ.get("KUBERNETES_SERVICE_HOST"):
         raise ConfigError(f"no kubeconfig, and not in a Pod (KUBERNETES_SERVICE_HOST is not "
                           f"set): give {flag_env}")
+    from kubernetes.config.incluster_config import load_incluster_config  # noqa: PLC0415
+
     try:
-        config.load_incluster_config()
+        load_incluster_config()
     except ConfigException as exc:
         raise ConfigError(f"the Pod's service account is not usable: {exc}") from None
     return client.ApiClient()

@@ -46,6 +46,8 @@ PASSWORD = {"VMGROUP_VCENTER_PASSWORD": "x"}
                    "--kubeconfig or VMGROUP_CONTROLLER_KUBECONFIG"),
     (["--kubeconfig=/no/such/kubeconfig"], PASSWORD,
      "cannot read kubeconfig /no/such/kubeconfig: no such file"),
+    ([], {**PASSWORD, "KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"},
+     "the Pod's service account is not usable: Service token file does not exist."),
     (["--vcenter-password-file=/no/such/password"], {},
      "cannot read the vCenter password file /no/such/password: No such file or directory "
      "(mount the Secret there, or set VMGROUP_VCENTER_PASSWORD)"),
