@@ -16,7 +16,9 @@ Phases, on one local stack (etcd, kube-apiserver, kube-controller-manager, vcsim
    each part of the stack used meanwhile is printed: on 2 cores they all share, it says who
    made the run slower than the bound.
 2. settle and idle: once the controller has settled (nothing queued, no reconcile, no vCenter
-   call but the idle ones and no change from the feed for 5 s), vCenter calls by method over
+   call but the idle ones and no change from the feed for 5 s, and every VM's guest address,
+   which VMware Tools reports seconds after power-on, in its group's status), vCenter calls by
+   method over
    `--idle-seconds`. Targets: nothing but the change feed's long poll (WaitForUpdatesEx, one
    per 60 s) and the session keep-alive (CurrentTime); and the feed quiet, i.e. no group queued
    by a vCenter change (`vmgroup_controller_vcenter_wakeups_total`) later than 30 s after
@@ -72,7 +74,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,14 +147,14 @@ def _snapshot(controller: Controller) -> Snapshot:
     return snap
 
 
-def _memory_mb(pid: int) -> dict[str, float]:
+def memory_mb(pid: int) -> dict[str, float]:
     """VmRSS (now) and VmHWM (peak) of a process, in MB."""
     fields = dict(line.split(":", 1) for line in
                   Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return {name: int(fields[name].split()[0]) / 1024 for name in ("VmRSS", "VmHWM")}
 
 
-def _progress(message: str) -> None:
+def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
@@ -189,22 +191,32 @@ class Groups:
         with ThreadPoolExecutor(max_workers=4) as pool:  # the client's pool has 4 connections
             list(pool.map(one, range(first, last)))
 
+    def _made(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(replicas wanted, status) of each group made."""
+        listing: Any = self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        for item in listing["items"]:
+            meta = item["metadata"]
+            wanted = self.replicas.get((meta["namespace"], meta["name"]))
+            if wanted is not None:
+                yield wanted, item.get("status") or {}
+
     def running(self) -> tuple[int, int]:
         """(groups RUNNING with every replica, groups in phase ERROR), of those made."""
-        listing: Any = self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
         done = errors = 0
-        for item in listing["items"]:
-            meta, status = item["metadata"], item.get("status") or {}
-            wanted = self.replicas.get((meta["namespace"], meta["name"]))
-            if wanted is None:
-                continue
+        for wanted, status in self._made():
             if status.get("phase") == "RUNNING" and status.get("currentReplicas") == wanted:
                 done += 1
             errors += status.get("phase") == "ERROR"
         return done, errors
 
+    def addressed(self) -> bool:
+        """Whether every group made lists all its VMs, each with a guest address."""
+        return all(len(vms := status.get("vms") or []) == wanted and
+                   all(vm.get("ipAddresses") for vm in vms)
+                   for wanted, status in self._made())
 
-def _wait_running(groups: Groups, alive: Callable[[], None], timeout: float,
+
+def wait_running(groups: Groups, alive: Callable[[], None], timeout: float,
                   interval: float) -> float | None:
     """Seconds until every group made is RUNNING with all its replicas (None: timed out)."""
     start = last_report = time.monotonic()
@@ -216,19 +228,21 @@ def _wait_running(groups: Groups, alive: Callable[[], None], timeout: float,
         if done == total:
             return now - start
         if now - start > timeout:
-            _progress(f"timed out: {done}/{total} RUNNING, {errors} in ERROR")
+            progress(f"timed out: {done}/{total} RUNNING, {errors} in ERROR")
             return None
         if now - last_report >= 10:
-            _progress(f"{done}/{total} RUNNING, {errors} in ERROR, {now - start:.0f}s")
+            progress(f"{done}/{total} RUNNING, {errors} in ERROR, {now - start:.0f}s")
             last_report = now
         time.sleep(interval)
 
 
-def _settle(controller: Controller, timeout: float, tick: Callable[[], None] = lambda: None
-            ) -> tuple[float, Snapshot, bool]:
+def _settle(controller: Controller, timeout: float, groups: Groups,
+            tick: Callable[[], None] = lambda: None) -> tuple[float, Snapshot, bool]:
     """Wait until the controller has nothing left to do: nothing queued, and no reconcile, no
-    vCenter call but the idle ones and no change from the feed for SETTLE_SECONDS. Returns
-    (seconds until the last activity, what happened meanwhile, settled?)."""
+    vCenter call but the idle ones and no change from the feed for SETTLE_SECONDS, with every
+    VM's guest address in its group's status (an address comes from VMware Tools seconds after
+    power-on, and the feed brings it later still: news the controller must act on, not idle
+    work). Returns (seconds until the last activity, what happened meanwhile, settled?)."""
     start = time.monotonic()
     first = last = _snapshot(controller)
     quiet_since = start
@@ -243,7 +257,9 @@ def _settle(controller: Controller, timeout: float, tick: Callable[[], None] = l
             quiet_since = time.monotonic()
         last = snap
         if time.monotonic() - quiet_since >= SETTLE_SECONDS:
-            return quiet_since - start, last - first, True
+            if groups.addressed():
+                return quiet_since - start, last - first, True
+            quiet_since = time.monotonic()
     return time.monotonic() - start, last - first, False
 
 
@@ -269,7 +285,7 @@ def _cpu(local: LocalStack) -> dict[str, float]:
     return used
 
 
-def _options(argv: list[str] | None) -> argparse.Namespace:
+def options(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -320,7 +336,7 @@ TASK_NAMES = {"clone_ms": ("CloneVm", "CloneVM_Task"), "power_ms": ("PowerOn", "
               "destroy_ms": ("Destroy", "Destroy_Task")}
 
 
-def _delays(args: argparse.Namespace) -> dict[str, dict[str, int]]:
+def vcsim_delays(args: argparse.Namespace) -> dict[str, dict[str, int]]:
     """LocalStack's vcsim delays: {"vcsim_task_delays": ..., "vcsim_method_delays": ...}."""
     tasks, methods = {}, {}
     for option, (task, method) in TASK_NAMES.items():
@@ -337,7 +353,7 @@ def _delays(args: argparse.Namespace) -> dict[str, dict[str, int]]:
     return {"vcsim_task_delays": tasks, "vcsim_method_delays": methods}
 
 
-def _bound(vms: int, args: argparse.Namespace) -> float:
+def task_cap_bound(vms: int, args: argparse.Namespace) -> float:
     """Seconds the task cap allows for `vms` clones and power-ons, nothing else counted."""
     cap: int = args.max_vcenter_tasks
     per_vm = float(args.clone_ms + args.power_ms) / 1000
@@ -363,21 +379,21 @@ class Result:
 
 
 def _run(args: argparse.Namespace, work: Path, result: Result) -> None:
-    delays = _delays(args)
+    delays = vcsim_delays(args)
     with LocalStack(work, vcsim_task_delays=delays["vcsim_task_delays"],
                     vcsim_method_delays=delays["vcsim_method_delays"]) as local:
-        _progress(f"stack up; logs in {local.log_dir}")
+        progress(f"stack up; logs in {local.log_dir}")
         install_crd(local.kubeconfig)
         groups = Groups(local, args.namespaces)
         groups.create_namespaces()
         groups.create(0, args.groups, args.replicas)
-        _progress(f"{args.groups} groups x {args.replicas} created; starting the controller")
+        progress(f"{args.groups} groups x {args.replicas} created; starting the controller")
         flags = [f"--workers={args.workers}", f"--max-vcenter-tasks={args.max_vcenter_tasks}",
                  f"--resync-seconds={args.resync_seconds}", *args.controller_args.split()]
         controller = _converge(args, local, groups, flags, result)
         if controller is None:
             return
-        _idle(args, controller, result)
+        _idle(args, controller, groups, result)
         if args.rss_groups > args.groups:
             _memory(args, local, groups, controller, flags, result)
 
@@ -389,15 +405,15 @@ def _converge(args: argparse.Namespace, local: LocalStack, groups: Groups, flags
     started = time.monotonic()
     controller = local.start_controller(flags)
     result.ready_s = time.monotonic() - started
-    timeout = 4 * _bound(args.groups * args.replicas, args) + 120
+    timeout = 4 * task_cap_bound(args.groups * args.replicas, args) + 120
     # Listing every group costs the API server and this process CPU that the stack shares:
     # at 1000 groups every 2 s (within 0.3 % of the bound), not every 0.5 s.
-    waited = _wait_running(groups, controller.process.check_alive, timeout,
+    waited = wait_running(groups, controller.process.check_alive, timeout,
                            max(0.5, args.groups / 500))
     if waited is None:
         for part in (controller, local.vcsim):
             if part is not None:
-                _progress(f"last lines of {part.process.log_path}:\n"
+                progress(f"last lines of {part.process.log_path}:\n"
                           f"{part.process.log_tail(10)}")
         return None
     result.converge_s = result.ready_s + waited
@@ -406,14 +422,15 @@ def _converge(args: argparse.Namespace, local: LocalStack, groups: Groups, flags
     return controller
 
 
-def _idle(args: argparse.Namespace, controller: Controller, result: Result) -> None:
+def _idle(args: argparse.Namespace, controller: Controller, groups: Groups,
+          result: Result) -> None:
     """Phase 2: settle, then idle; the feed's wakeups are watched throughout."""
     wakeups = Wakeups(controller)
-    _progress(f"converged in {result.converge_s:.1f}s; settling")
+    progress(f"converged in {result.converge_s:.1f}s; settling")
     result.settle_s, result.phases["settle"], result.settled = _settle(
-        controller, SETTLE_TIMEOUT, wakeups.look)
+        controller, SETTLE_TIMEOUT, groups, wakeups.look)
     start = _snapshot(controller)
-    _progress(f"idle for {args.idle_seconds:.0f}s")
+    progress(f"idle for {args.idle_seconds:.0f}s")
     deadline = time.monotonic() + args.idle_seconds
     while time.monotonic() < deadline:
         time.sleep(1.0)
@@ -422,7 +439,7 @@ def _idle(args: argparse.Namespace, controller: Controller, result: Result) -> N
     result.quiet_s, result.watched_s = wakeups.last, time.monotonic() - wakeups.since
     result.phases[f"idle {args.idle_seconds:.0f}s"] = _snapshot(controller) - start
     assert controller.process.pid is not None
-    result.rss_at_groups = _memory_mb(controller.process.pid)
+    result.rss_at_groups = memory_mb(controller.process.pid)
 
 
 def _memory(args: argparse.Namespace, local: LocalStack, groups: Groups,
@@ -430,34 +447,34 @@ def _memory(args: argparse.Namespace, local: LocalStack, groups: Groups,
     """Phase 3: more groups, the controller's memory, then a restart."""
     start = _snapshot(controller)
     added = args.rss_groups - args.groups
-    _progress(f"adding {added} groups x {args.rss_replicas} for the memory phase")
+    progress(f"adding {added} groups x {args.rss_replicas} for the memory phase")
     created = time.monotonic()
     groups.create(args.groups, args.rss_groups, args.rss_replicas)
-    timeout = 4 * _bound(added * args.rss_replicas, args) + 300 + 0.1 * added
-    waited = _wait_running(groups, controller.process.check_alive, timeout, 2.0)
+    timeout = 4 * task_cap_bound(added * args.rss_replicas, args) + 300 + 0.1 * added
+    waited = wait_running(groups, controller.process.check_alive, timeout, 2.0)
     if waited is not None:
         result.rss_converge_s = time.monotonic() - created
-        result.rss_settled = _settle(controller, SETTLE_TIMEOUT)[2]
+        result.rss_settled = _settle(controller, SETTLE_TIMEOUT, groups)[2]
     result.phases[f"+{added} groups"] = _snapshot(controller) - start
     assert controller.process.pid is not None
-    result.memory = _memory_mb(controller.process.pid)
+    result.memory = memory_mb(controller.process.pid)
     if waited is None:
         return
-    _progress(f"restarting the controller with {args.rss_groups} groups")
+    progress(f"restarting the controller with {args.rss_groups} groups")
     controller.process.stop()
     started = time.monotonic()
     controller = local.start_controller(flags)
     result.restart_ready_s = time.monotonic() - started
-    waited_s, _, settled = _settle(controller, SETTLE_TIMEOUT_RESTART)
+    waited_s, _, settled = _settle(controller, SETTLE_TIMEOUT_RESTART, groups)
     if settled:
         result.restart_settle_s = result.restart_ready_s + waited_s
 
 
 def _report(args: argparse.Namespace, result: Result) -> list[tuple[str, bool]]:
     vms = args.groups * args.replicas
-    bound = _bound(vms, args)
+    bound = task_cap_bound(vms, args)
     delays = "; ".join(f"{kind.split('_')[1]} " + ", ".join(f"{m} {ms}" for m, ms in d.items())
-                       for kind, d in _delays(args).items() if d)
+                       for kind, d in vcsim_delays(args).items() if d)
     print(f"\nvmgroup-controller: {args.groups} VmGroups x {args.replicas} replicas in "
           f"{args.namespaces} namespaces, --max-vcenter-tasks {args.max_vcenter_tasks} "
           f"--workers {args.workers}; {os.cpu_count()} CPUs for the whole stack")
@@ -513,7 +530,7 @@ def _report(args: argparse.Namespace, result: Result) -> list[tuple[str, bool]]:
         if result.rss_converge_s is not None:
             print(f"memory phase: +{added} groups x {args.rss_replicas} converged in "
                   f"{result.rss_converge_s:.1f}s from their creation (bound "
-                  f"{_bound(added * args.rss_replicas, args):.1f}s)"
+                  f"{task_cap_bound(added * args.rss_replicas, args):.1f}s)"
                   + ("" if result.rss_settled else "; did NOT settle"))
         if result.memory:
             print(f"controller memory with {args.rss_groups} groups: "
@@ -585,15 +602,15 @@ def _per_group(converge: Snapshot, groups: int) -> None:
           f"{converge.wakeups} groups queued by them")
 
 
-def _stop_cleanly(signum: int, _frame: object) -> None:
+def stop_cleanly(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through LocalStack, which stops every part
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _options(argv)
+    args = options(argv)
     # A background job inherits SIGINT ignored; SIGTERM would end us without stopping the stack.
-    signal.signal(signal.SIGINT, _stop_cleanly)
-    signal.signal(signal.SIGTERM, _stop_cleanly)
+    signal.signal(signal.SIGINT, stop_cleanly)
+    signal.signal(signal.SIGTERM, stop_cleanly)
     result = Result()
     with contextlib.ExitStack() as cleanup:
         work = args.work_dir or Path(cleanup.enter_context(
