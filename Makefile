@@ -78,6 +78,10 @@ bench-outage: venv testbin ## convergence after vCenter freezes, default timeout
 bench-controller: venv testbin ## controller convergence, idle vCenter calls, memory (~35 min)
 	$(PY) -m bench.controller $(BENCH_ARGS)
 
+.PHONY: bench-controller-pod
+bench-controller-pod: venv testbin debs image ## controller memory in its Pod, from its image and chart (~5 min)
+	$(PY) -m bench.controller_pod $(BENCH_ARGS)
+
 .PHONY: lock
 lock: venv ## refresh constraints.txt from the current .venv
 	$(VENV)/bin/pip freeze --exclude-editable --disable-pip-version-check > constraints.txt.new
