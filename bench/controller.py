@@ -18,15 +18,15 @@ Phases, on one local stack (etcd, kube-apiserver, kube-controller-manager, vcsim
 2. settle and idle: once the controller has settled (nothing queued, no reconcile, no vCenter
    call but the idle ones and no change from the feed for 5 s, and every VM's guest address,
    which VMware Tools reports seconds after power-on, in its group's status), vCenter calls by
-   method over
-   `--idle-seconds`. Targets: nothing but the change feed's long poll (WaitForUpdatesEx, one
-   per 60 s) and the session keep-alive (CurrentTime); and the feed quiet, i.e. no group queued
-   by a vCenter change (`vmgroup_controller_vcenter_wakeups_total`) later than 30 s after
-   convergence, until the end of the idle window. The periodic resync re-reads every group
-   (one RetrieveProperties each); it is steady-state work, not idleness, so it is moved beyond
-   the run (`--resync-seconds`, default 3600 here, 600 in the controller) and the output says
-   so. The controller's memory is read here: target VmRSS <= 64 MB when `--groups` is 100 or
-   fewer (`--groups 100 --rss-groups 0` measures just that).
+   method over `--idle-seconds`. Targets: nothing but the change feed's long poll
+   (WaitForUpdatesEx, one per 60 s) and the session keep-alive (CurrentTime); and the feed
+   quiet, i.e. no group queued by a vCenter change (`vmgroup_controller_vcenter_wakeups_total`)
+   later than 30 s after convergence, until the end of the idle window. The periodic resync
+   re-reads every group (one RetrieveProperties each); it is steady-state work, not idleness,
+   so it is moved beyond the run (`--resync-seconds`, default 3600 here, 600 in the controller)
+   and the output says so. The controller's memory is read here: target VmRSS <= 64 MB when
+   `--groups` is 100 or fewer (`--groups 100 --rss-groups 0` measures just that;
+   bench.controller_pod measures it in a Pod, as users run the controller).
 3. memory: groups are added up to `--rss-groups` in all, with `--rss-replicas` VMs each (0 by
    default: the controller's memory goes with the groups, which it caches, more than with their
    VMs), and once all are RUNNING and settled the controller's VmRSS and VmHWM (its peak) are
@@ -217,7 +217,7 @@ class Groups:
 
 
 def wait_running(groups: Groups, alive: Callable[[], None], timeout: float,
-                  interval: float) -> float | None:
+                 interval: float) -> float | None:
     """Seconds until every group made is RUNNING with all its replicas (None: timed out)."""
     start = last_report = time.monotonic()
     total = len(groups.replicas)
