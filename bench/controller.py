@@ -603,7 +603,11 @@ def _per_group(converge: Snapshot, groups: int) -> None:
 
 
 def stop_cleanly(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through LocalStack, which stops every part
+    # Unwinds through LocalStack, which stops every part; a second signal (`timeout` passes
+    # its own on) must not cut that short and leave parts running.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
