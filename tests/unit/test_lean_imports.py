@@ -46,13 +46,18 @@ print(json.dumps({
 """
 
 
-def _controller_start(body: str) -> dict[str, Any]:
-    script = ("from controller.__main__ import _lean_process\n_lean_process()\n"
-              + textwrap.dedent(body) + CONTROLLER + REPORT)
+def _fresh_python(script: str) -> str:
+    """What `script` prints, run in an interpreter of its own."""
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=120, check=False)
     assert result.returncode == 0, result.stderr
-    return dict(json.loads(result.stdout.splitlines()[-1]))
+    return result.stdout
+
+
+def _controller_start(body: str) -> dict[str, Any]:
+    out = _fresh_python("from controller.__main__ import _lean_process\n_lean_process()\n"
+                        + textwrap.dedent(body) + CONTROLLER + REPORT)
+    return dict(json.loads(out.splitlines()[-1]))
 
 
 def test_in_a_pod_the_controller_loads_no_kubeconfig_machinery(tmp_path: Path) -> None:
@@ -109,7 +114,4 @@ from kubernetes import config
 print(hasattr(config, "load_kube_config"), "pyVmomi._typeinfo_pbm" in sys.modules and
       sys.modules["pyVmomi._typeinfo_pbm"] is not None)
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120, check=False)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["True", "True"]
+    assert _fresh_python(script).split() == ["True", "True"]
