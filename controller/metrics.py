@@ -24,7 +24,7 @@ API_REQUESTS = Counter("vmgroup_controller_api_requests_total",
                        "Kubernetes API requests by verb and resource.", ["verb", "resource"])
 QUEUE_DEPTH = Gauge("vmgroup_controller_queue_depth", "VmGroups waiting to be reconciled.")
 VCENTER_CHANGES = Counter("vmgroup_controller_vcenter_changes_total",
-                          "VM changes the change feed received from vCenter.")
+                          "VM events and guest addresses the change feed received from vCenter.")
 VCENTER_WAKEUPS = Counter("vmgroup_controller_vcenter_wakeups_total",
                           "Groups queued because vCenter changed (after the echo filter).")
 TASKS_IN_FLIGHT = Gauge("vmgroup_controller_vm_actions_in_flight",
