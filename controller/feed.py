@@ -124,55 +124,59 @@ class Inventory:
 
 
 class _Watch:
-    """The VMs the feed follows through property filters of its collector, a filter per batch:
-    each VM an event named, for WATCH_SECONDS after it (vCenter's change may land just after
-    its event: vcsim posts a power-on's event before the VM is on), and a VM powered on without
-    a guest address until it has one (for ADDRESS_WAIT at most)."""
+    """The VMs the feed follows, through one ListView and one property filter over it: each VM
+    an event named, for WATCH_SECONDS after it (vCenter's change may land just after its event:
+    vcsim posts a power-on's event before the VM is on), and a VM powered on without a guest
+    address until it has one (for ADDRESS_WAIT at most).
 
-    def __init__(self, collector: Any, clock: Callable[[], float] = time.monotonic) -> None:
-        self._collector = collector
-        self._clock = clock
-        self._filters: dict[str, Any] = {}  # VM id -> the filter that has it
-        self._left: dict[Any, set[str]] = {}  # filter -> its VMs still followed
+    One filter whose view changes, not a filter per batch of VMs: vcsim collects every filter
+    of a collector again for each filter and each inventory change, which grows with the
+    square of the filters."""
+
+    def __init__(self, content: Any, collector: Any) -> None:
+        self.view = content.viewManager.CreateListView(obj=[])
+        collector.CreateFilter(PC.FilterSpec(
+            objectSet=[PC.ObjectSpec(obj=self.view, skip=True, selectSet=[PC.TraversalSpec(
+                type=vim.view.ListView, path="view", skip=False)])],
+            propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=WATCHED)]),
+            partialUpdates=True)
+        self._followed: dict[str, Any] = {}  # VM id -> the VM
         self._named: dict[str, float] = {}  # VM id -> when its last event's window ends
         self._awaits: dict[str, float] = {}  # VM id -> until when its address is waited for
 
     def __len__(self) -> int:
-        return len(self._filters)
+        return len(self._followed)
 
     def follow(self, vms: dict[str, Any]) -> None:
         """Follow `vms` (id -> VM), named by events just now, for the next WATCH_SECONDS."""
-        until = self._clock() + WATCH_SECONDS
-        self._named.update(dict.fromkeys(vms, until))
-        new = [vm for moid, vm in vms.items() if moid not in self._filters]
+        self._named.update(dict.fromkeys(vms, time.monotonic() + WATCH_SECONDS))
+        new = {moid: vm for moid, vm in vms.items() if moid not in self._followed}
         if new:
-            watch = self._collector.CreateFilter(_vms_spec(new), partialUpdates=True)
-            self._left[watch] = {vm._moId for vm in new}
-            self._filters.update(dict.fromkeys(self._left[watch], watch))
+            self.view.ModifyListView(add=list(new.values()))
+            self._followed.update(new)
 
     def settle(self, inventory: Inventory, vms: Iterable[str]) -> float | None:
         """`vms` were read: those awaiting an address are followed until it comes; those whose
         time is over are dropped. The seconds until the next one is due (None: none is)."""
-        now = self._clock()
+        now = time.monotonic()
         for moid in vms:
             if not inventory.awaits_address(moid):
                 self._awaits.pop(moid, None)
-            elif moid in self._filters:
+            elif moid in self._followed:
                 self._awaits.setdefault(moid, now + ADDRESS_WAIT)
-        due: list[float] = []
-        for moid, watch in list(self._filters.items()):
+        due, done = [], []
+        for moid in self._followed:
             until = max(self._named.get(moid, 0.0), self._awaits.get(moid, 0.0))
             if until > now:
                 due.append(until)
-                continue
-            del self._filters[moid]
-            self._named.pop(moid, None)
-            self._awaits.pop(moid, None)
-            self._left[watch].discard(moid)
-            if not self._left[watch]:
-                del self._left[watch]
-                with contextlib.suppress(vmodl.fault.ManagedObjectNotFound):  # gone already
-                    watch.DestroyPropertyFilter()
+            else:
+                done.append(self._followed[moid])
+        if done:
+            self.view.ModifyListView(remove=done)
+            for vm in done:
+                del self._followed[vm._moId]
+                self._named.pop(vm._moId, None)
+                self._awaits.pop(vm._moId, None)
         return min(due) - now if due else None
 
 
@@ -238,7 +242,7 @@ class VCenterFeed:
             entity=vim.event.EventFilterSpec.ByEntity(
                 entity=base, recursion=vim.event.EventFilterSpec.RecursionOption.all),
             eventTypeId=VM_EVENTS, disableFullMessage=True, maxCount=1))
-        collector = None
+        collector = watch = None
         try:
             events.ResetCollector()  # read from now on: the listing tells what came before
             read_up_to = _newest(events.latestPage)
@@ -247,7 +251,7 @@ class VCenterFeed:
                 objectSet=[PC.ObjectSpec(obj=events)],
                 propSet=[PC.PropertySpec(type=vim.event.EventHistoryCollector,
                                          pathSet=["latestPage"])]), partialUpdates=False)
-            watch = _Watch(collector)
+            watch = _Watch(content, collector)
             self._list(session, base, watch)
             version = ""
             wait = MAX_WAIT_SECONDS
@@ -271,7 +275,8 @@ class VCenterFeed:
                                                                        math.ceil(due)))
                 self.watching = len(watch)
         finally:
-            for obj, destroy in ((collector, "Destroy"), (events, "DestroyCollector")):
+            for obj, destroy in ((collector, "Destroy"), (watch and watch.view, "DestroyView"),
+                                 (events, "DestroyCollector")):
                 if obj is not None:
                     with contextlib.suppress(Exception):  # a dead session takes them along
                         getattr(obj, destroy)()
@@ -283,11 +288,10 @@ class VCenterFeed:
         for change in (c for fu in (update.filterSet if update else []) for c in fu.objectSet):
             values = {c.name: c.val for c in change.changeSet or []}
             if isinstance(change.obj, vim.VirtualMachine):
-                metrics.VCENTER_CHANGES.inc()
-                read.add(change.obj._moId)
-                if change.kind == "leave":
-                    self._leave(change.obj._moId)
-                else:
+                # (Out of the view is not gone: a VM's removal is told by its event.)
+                if change.kind != "leave":
+                    metrics.VCENTER_CHANGES.inc()
+                    read.add(change.obj._moId)
                     self._read_vm(change.obj._moId, values)
             elif "latestPage" in values:
                 rang = _newest(values["latestPage"])
@@ -385,8 +389,8 @@ class VCenterFeed:
 
 
 def _vms_spec(vms: Iterable[Any]) -> Any:
-    """WATCHED of these VMs; one that is gone is left out, not a fault for all (it may go
-    while a filter follows it)."""
+    """WATCHED of these VMs; one that is gone (since its event) is left out of the answer,
+    not a fault for the whole read."""
     return PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=vm) for vm in vms],
                          propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=WATCHED)],
                          reportMissingObjectsInResults=True)

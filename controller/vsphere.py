@@ -560,16 +560,18 @@ class _Followed:
     ended: Callable[[Any, BaseException | None], None]
     silent: Callable[[BaseException], None]
     deadline: float
-    filter: Any = None  # on the current collector; None: not made yet
+    watched: bool = False  # in the current collector's view
     state: dict[str, Any] = field(default_factory=dict)
 
 
 class TaskWatch:
     """Every vCenter task in flight, followed by one property collector for the whole process:
     vCenter pushes each task's end through one long poll (WaitForUpdatesEx), and whoever
-    started the task is told. A task followed is given its filter, and its state is read once
-    (it may have ended before the filter was made); after that only vCenter's pushes count.
-    Adding a task interrupts the long poll (CancelWaitForUpdates), so it is taken in at once.
+    started the task is told. A task followed is put in the collector's ListView, which its
+    one filter covers, and its state is read once (it may have ended before); after that only
+    vCenter's pushes count. Adding a task interrupts the long poll (CancelWaitForUpdates), so
+    it is taken in at once. (One filter over a view, not a filter per task: vcsim collects
+    every filter of a collector again for each filter and each inventory change.)
 
     A long poll that vCenter does not answer leaves its collector behind (a second poll on
     it would race the first for updates): the next round makes a new collector, filters every
@@ -584,6 +586,7 @@ class TaskWatch:
         self._cond = threading.Condition()
         self._followed: dict[str, _Followed] = {}  # task moid -> what follows it
         self._collector: Any = None
+        self._view: Any = None  # the collector's ListView of the tasks followed
         self._polling = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="task-watch", daemon=True)
@@ -659,35 +662,46 @@ class TaskWatch:
     def _reset(self) -> str:
         """Start again on a new collector: every task is filtered and read afresh."""
         with self._cond:
-            self._collector, self._polling = None, False
+            self._collector, self._view, self._polling = None, None, False
             for followed in self._followed.values():
-                followed.filter = None
+                followed.watched = False
         return ""
+
+    def _make_collector(self, session: VSphere) -> None:
+        """A new collector, with a ListView for the tasks and one filter over it."""
+        collector = session.content.propertyCollector.CreatePropertyCollector()
+        view = session.content.viewManager.CreateListView(obj=[])
+        collector.CreateFilter(PC.FilterSpec(
+            objectSet=[PC.ObjectSpec(obj=view, skip=True, selectSet=[PC.TraversalSpec(
+                type=vim.view.ListView, path="view", skip=False)])],
+            propSet=[PC.PropertySpec(type=vim.Task, pathSet=TASK_PROPERTIES)]),
+            partialUpdates=False)
+        with self._cond:
+            self._collector, self._view = collector, view
+
+    def _take_in(self, view: Any, new: list[_Followed]) -> None:
+        """Put new tasks in the view; one vCenter no longer has ends at once."""
+        unknown = {t._moId for t in view.ModifyListView(add=[f.task for f in new]) or []}
+        for followed in new:
+            followed.watched = True
+            if followed.task._moId in unknown:
+                self._gone(followed.task)
 
     def _round(self, version: str) -> str:
         """Take in new tasks, then wait once for vCenter's news; the version to wait from."""
         session = self._session()
         if self._collector is None:
-            collector = session.content.propertyCollector.CreatePropertyCollector()
-            with self._cond:
-                self._collector = collector
-        collector = self._collector
+            self._make_collector(session)
+        collector, view = self._collector, self._view
         with self._cond:
-            new = [f for f in self._followed.values() if f.filter is None]
-        for followed in new:
-            try:
-                followed.filter = collector.CreateFilter(
-                    PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=followed.task)], propSet=[
-                        PC.PropertySpec(type=vim.Task, pathSet=TASK_PROPERTIES)]),
-                    partialUpdates=False)
-            except vmodl.fault.ManagedObjectNotFound as exc:
-                if not self._gone(exc.obj):
-                    raise  # the collector is gone: the next round makes another
+            new = [f for f in self._followed.values() if not f.watched]
+        if new:
+            self._take_in(view, new)
         if new and version:  # (the first poll of a collector answers with every state)
             self._read(session, new)
         self._expire()
         with self._cond:
-            if any(f.filter is None for f in self._followed.values()):
+            if any(not f.watched for f in self._followed.values()):
                 return version  # more came meanwhile
             if not self._followed:
                 return version
@@ -702,7 +716,10 @@ class TaskWatch:
             return version
         for change_set in update.filterSet:
             for obj in change_set.objectSet:
-                self._apply(obj.obj._moId, {c.name: c.val for c in obj.changeSet or []})
+                if obj.kind == "leave":  # gone from vCenter (or from the view: then ended)
+                    self._gone(obj.obj)
+                else:
+                    self._apply(obj.obj._moId, {c.name: c.val for c in obj.changeSet or []})
         return str(update.version)
 
     def _read(self, session: VSphere, followed: list[_Followed]) -> None:
@@ -742,9 +759,10 @@ class TaskWatch:
             followed = self._followed.pop(moid, None)
         if followed is None:
             return
-        if followed.filter is not None:
+        view = self._view
+        if followed.watched and view is not None:
             with contextlib.suppress(Exception):  # it goes with its collector anyway
-                followed.filter.DestroyPropertyFilter()
+                view.ModifyListView(remove=[followed.task])
         followed.ended(result, error)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -159,7 +160,7 @@ def test_one_watch_follows_many_tasks_and_tells_each_end(adapter: VSphere,
         started = [adapter.steps(group, Clone(f"team-a-{group.name}-{i}", 1, 1024,
                                               group.template))[0](None) for i in range(3)]
         # From here on, what the watch costs (the clones' own lookups are done).
-        calls = _counting(["Fetch", "CreateFilter", "DestroyPropertyFilter",
+        calls = _counting(["Fetch", "CreateFilter", "ModifyListView",
                            "CreatePropertyCollector"])
         for task in started:
             watch.follow(task, lambda result, error: ended.append((result, error)),
@@ -171,8 +172,10 @@ def test_one_watch_follows_many_tasks_and_tells_each_end(adapter: VSphere,
     assert all(error is None for _, error in ended), ended
     assert sorted(vm.name for vm, _ in ended) == [f"team-a-{group.name}-{i}" for i in range(3)]
     assert made["Fetch"] == 0, made  # pushed, not polled
-    assert made["CreateFilter"] == made["DestroyPropertyFilter"] == 3, made
-    assert made["CreatePropertyCollector"] == 1, made  # one collector for every task
+    # One collector, one filter over its ListView, for every task: each task goes into the
+    # view and out of it (the first at least on its own; later ones may come together).
+    assert made["CreatePropertyCollector"] == made["CreateFilter"] == 1, made
+    assert 2 <= made["ModifyListView"] <= 6, made
     assert len(watch) == 0
 
 
@@ -284,5 +287,109 @@ def test_the_feed_after_a_reconnect_wakes_only_the_groups_that_changed(
         assert {(k, moid) for k, moid, _ in heard} == {(key, gone.moid)}
         assert heard[-1] == (key, gone.moid, "leave")
     finally:
+        feed.stop()
+        converge(adapter, replace(group, replicas=0))
+
+
+class _Heard:
+    """What a feed told, and a way to hold the feed inside its next telling."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[tuple[str, str], str, str, dict[str, Any]]] = []
+        self.hold = threading.Event()  # set: the next telling waits for `go`
+        self.held = threading.Event()
+        self.go = threading.Event()
+
+    def __call__(self, key: tuple[str, str], moid: str, kind: str,
+                 values: dict[str, Any]) -> None:
+        self.told.append((key, moid, kind, values))
+        if self.hold.is_set():
+            self.hold.clear()
+            self.held.set()
+            self.go.wait(60)
+
+    def of(self, moid: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(kind, values) for _, m, kind, values in self.told if m == moid]
+
+
+def test_the_feed_follows_a_vm_its_events_name_until_the_guest_reports_its_address(
+        config: VCenterConfig, adapter: VSphere, group: Group) -> None:
+    """A VM made and powered on: its events name it, the feed reads it and follows it by a
+    property filter over a ListView, which brings the address the guest reports later (no
+    event says it); then the VM leaves the view. Nothing is polled meanwhile."""
+    heard = _Heard()
+    feed = VCenterFeed(config, heard).start()
+    try:
+        poll(lambda: feed.listings == 1, timeout=30, what="the feed's first listing")
+        calls = _counting(["ModifyListView", "ReadNextEvents"])
+        converge(adapter, replace(group, replicas=1))
+        (vm,) = adapter.observe(group)
+        poll(lambda: any(values.get("guest.ipAddress") for _, values in heard.of(vm.moid)),
+             timeout=30, what="the feed to tell the guest's address")
+        assert heard.of(vm.moid)[0][0] == "enter"
+        assert any(values.get("runtime.powerState") == "poweredOn"
+                   for _, values in heard.of(vm.moid))
+        poll(lambda: feed.watching == 0, timeout=30, what="the feed to stop following it")
+        made = calls()
+        assert made["ReadNextEvents"] >= 1
+        assert made["ModifyListView"] >= 2, made  # into the view, and out of it
+        assert feed.listings == 1  # no reconnect on the way
+    finally:
+        feed.stop()
+        converge(adapter, replace(group, replicas=0))
+
+
+def test_a_vm_destroyed_while_the_feed_follows_it_is_told_gone_and_the_feed_carries_on(
+        config: VCenterConfig, adapter: VSphere, group: Group) -> None:
+    """vcsim faults a whole long poll when an object a filter names is gone, unless the filter
+    asks for missing objects to be left out: the feed asks, and hears of the VM's removal."""
+    heard = _Heard()
+    feed = VCenterFeed(config, heard).start()
+    try:
+        converge(adapter, replace(group, replicas=2))
+        gone, kept = sorted(adapter.observe(group), key=lambda vm: vm.name)
+        poll(lambda: feed.watching > 0, timeout=30, what="the feed to follow the new VMs")
+        adapter.execute(group, Destroy(gone.name))  # powered off, then destroyed, at once
+        poll(lambda: ("leave", {}) in heard.of(gone.moid), timeout=30,
+             what="the feed to tell the VM is gone")
+        folder = adapter.group_folder(group)
+        (other,) = folder.childEntity
+        vsphere.wait_for_task(other.PowerOffVM_Task())  # drift, by hand
+        poll(lambda: ("modify", {"runtime.powerState": "poweredOff"}) in
+             [(k, {n: v for n, v in values.items() if n == "runtime.powerState"})
+              for k, values in heard.of(kept.moid)],
+             timeout=30, what="the feed to tell the VM powered off by hand")
+        assert feed.listings == 1  # the destroyed VM did not break the feed's session
+    finally:
+        feed.stop()
+        converge(adapter, replace(group, replicas=0))
+
+
+def test_events_dropped_before_the_feed_read_them_make_it_list_every_vm_again(
+        config: VCenterConfig, adapter: VSphere, group: Group, vsphere_si: Any) -> None:
+    """An event collector keeps a page of events (vcsim: 1000): a feed held up while more
+    came finds the ones it had not read gone, and lists every VM again rather than miss a
+    change."""
+    heard = _Heard()
+    feed = VCenterFeed(config, heard).start()
+    try:
+        converge(adapter, replace(group, replicas=1))
+        (vm,) = adapter.observe(group)
+        poll(lambda: feed.listings == 1 and feed.watching == 0, timeout=30,
+             what="the feed to settle")
+        heard.hold.set()
+        ref = next(iter(adapter.group_folder(group).childEntity))
+        vsphere.wait_for_task(ref.PowerOffVM_Task())
+        assert heard.held.wait(30), "the feed did not tell the power-off"
+        events = vsphere_si.content.eventManager
+        for _ in range(1001):  # while the feed is held: more than the collector's page
+            events.PostEvent(vim.event.VmReconfiguredEvent(
+                key=0, chainId=0, createdTime=vsphere_si.CurrentTime(), userName="",
+                vm=vim.event.VmEventArgument(vm=ref, name=vm.name),
+                configSpec=vim.vm.ConfigSpec()))
+        heard.go.set()
+        poll(lambda: feed.listings == 2, timeout=60, what="the feed to list every VM again")
+    finally:
+        heard.go.set()
         feed.stop()
         converge(adapter, replace(group, replicas=0))

@@ -84,3 +84,35 @@ def test_an_empty_listing_means_every_known_vm_went() -> None:
     inv.vm("vm-9", "enter", {"parent": "f-ns"})  # in no group: nobody to tell
     inv.listing(lambda folder: None)
     assert inv.listed() == [("vm-1", ("team-a", "vg-1"))]
+
+
+def test_a_vm_read_afresh_tells_only_what_changed() -> None:
+    """Events name a VM; it is read whole: what is told is what differs from the last read."""
+    inv, asked = inventory()
+    whole = {"parent": "f-vg", "runtime.powerState": "poweredOff",
+             "config.hardware.numCPU": 1, "guest.ipAddress": None}
+    assert inv.read("vm-1", whole) == (("team-a", "vg-1"), "enter", whole)
+    assert inv.read("vm-1", whole) is None  # a second event about the same change
+    on = {**whole, "runtime.powerState": "poweredOn"}
+    assert inv.read("vm-1", on) == (("team-a", "vg-1"), "modify",
+                                    {"runtime.powerState": "poweredOn"})
+    # A filter following the VM brings one property: only it is compared.
+    assert inv.read("vm-1", {"guest.ipAddress": "10.0.0.5"}) == (
+        ("team-a", "vg-1"), "modify", {"guest.ipAddress": "10.0.0.5"})
+    assert inv.read("vm-1", {"guest.ipAddress": "10.0.0.5"}) is None
+    assert inv.read("vm-9", {**whole, "parent": "f-ns"}) is None  # in no group
+    assert asked == ["f-vg", "f-ns"]
+
+
+def test_a_vm_awaits_an_address_while_it_is_on_in_a_group_without_one() -> None:
+    inv, _ = inventory()
+    inv.read("vm-1", {"parent": "f-vg", "runtime.powerState": "poweredOff",
+                      "guest.ipAddress": None})
+    assert not inv.awaits_address("vm-1")  # off: no guest to report one
+    inv.read("vm-1", {"runtime.powerState": "poweredOn"})
+    assert inv.awaits_address("vm-1")
+    inv.read("vm-1", {"guest.ipAddress": "10.0.0.5"})
+    assert not inv.awaits_address("vm-1")
+    inv.read("vm-2", {"parent": "f-ns", "runtime.powerState": "poweredOn"})
+    assert not inv.awaits_address("vm-2")  # not a group's: nobody shows its address
+    assert not inv.awaits_address("vm-unknown")
