@@ -58,9 +58,11 @@ answers at once: logins, CurrentTime, FindChild, CreateFolder, the property coll
 CreateFilter, CancelWaitForUpdates and DestroyPropertyFilter, and WaitForUpdatesEx, a long poll
 that a delay would only shift.
 
-One way vcsim is busier than a real vCenter: whenever the set of objects a property filter
-covers changes (a VM made), the simulator recollects the filter, so computing an answer to the
-change feed costs it a traversal of every group's folder per change.
+One way vcsim is busier than a real vCenter: for every change to any object while a long poll
+waits, it collects every filter of that property collector again, once per filter. The cost
+grows with the changes times the filters times the objects they cover, so the controller keeps
+one filter per long poll over a ListView of the few objects it follows (the tasks in flight;
+the VMs vCenter's events just named), instead of a filter per task and one over every VM.
 """
 
 from __future__ import annotations

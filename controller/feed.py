@@ -8,16 +8,17 @@ changed puts its group's key on the work queue. The VM's folder says which group
 (`<base>/<namespace>/<group>`), asked of vCenter once per folder and remembered (the folders
 are the controller's own). No polling: while nothing happens, the only traffic is the long poll.
 
-A guest's address has no event (VMware Tools reports it a while after power-on): a VM seen
-powered on without one is watched by a property filter until it has one, for ADDRESS_WAIT at
-most (a guest without Tools never reports one; the periodic resync reads it then).
+The VMs events name are also followed for a few seconds, through a ListView and one property
+filter over it on the same long poll: a change may land just after its event. A guest's
+address has no event (VMware Tools reports it a while after power-on), so a VM powered on
+without one stays in the view until it has one, for ADDRESS_WAIT at most (a guest without
+Tools never reports one; the periodic resync reads it then).
 
-Why events, and not one property filter over every VM: that filter is as large as the
-inventory, and vcsim collects it whole again for every change to any object while a long poll
-waits (one clone is a few dozen changes), so at 1000 groups of 3 the feed alone cost vcsim
-three times the CPU of all the clones (bench.controller). The filters here cover one object and
-the few VMs waiting for an address. What events do not say is left to the resync: a VM moved
-between folders, and a guest's address changing while it runs.
+Why events, and not one property filter over every VM: for every change to any object while a
+long poll waits, vcsim collects every filter of that collector again, once per filter. Over
+the whole inventory that cost it, at 1000 groups of 3, more CPU than all the clones
+(bench.controller). What events do not say is left to the resync: a VM moved between folders,
+and a guest's address changing while it runs.
 """
 
 from __future__ import annotations

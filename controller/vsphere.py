@@ -587,6 +587,7 @@ class TaskWatch:
         self._followed: dict[str, _Followed] = {}  # task moid -> what follows it
         self._collector: Any = None
         self._view: Any = None  # the collector's ListView of the tasks followed
+        self._ended: list[Any] = []  # tasks that ended, still in the view
         self._polling = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="task-watch", daemon=True)
@@ -663,6 +664,7 @@ class TaskWatch:
         """Start again on a new collector: every task is filtered and read afresh."""
         with self._cond:
             self._collector, self._view, self._polling = None, None, False
+            self._ended.clear()
             for followed in self._followed.values():
                 followed.watched = False
         return ""
@@ -693,6 +695,9 @@ class TaskWatch:
         if self._collector is None:
             self._make_collector(session)
         collector, view = self._collector, self._view
+        if self._ended:  # (an ended task left in the view costs nothing but its place)
+            view.ModifyListView(remove=self._ended)
+            self._ended = []
         with self._cond:
             new = [f for f in self._followed.values() if not f.watched]
         if new:
@@ -759,10 +764,8 @@ class TaskWatch:
             followed = self._followed.pop(moid, None)
         if followed is None:
             return
-        view = self._view
-        if followed.watched and view is not None:
-            with contextlib.suppress(Exception):  # it goes with its collector anyway
-                view.ModifyListView(remove=[followed.task])
+        if followed.watched:
+            self._ended.append(followed.task)  # out of the view at the next round, together
         followed.ended(result, error)
 
 

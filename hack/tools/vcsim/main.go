@@ -95,6 +95,10 @@ func main() {
 		log.Fatalf("vcsim: creating the inventory: %v", err)
 	}
 	defer model.Remove()
+	// vCenter allows 32 event collectors per session and ends them with their session; vcsim
+	// counts every session's against the 32 and keeps a dead session's (a killed controller's
+	// change feed) for good, which a test suite's controllers would use up.
+	model.Map().EventManager().MaxCollector = 4096
 	model.Map().AddHandler(ftStateFix{})
 	tools, err := newGuestTools(model.Map(), *guestNet, *guestDelay)
 	if err != nil {
