@@ -266,6 +266,9 @@ class VCenterFeed:
                 rang, read = self._took(update)
                 if update is not None:
                     version = update.version
+                # An answer may hold hundreds of VMs (vcsim sends the whole view again when it
+                # changes): not kept while the next long poll waits.
+                del update
                 if rang > read_up_to:  # new events
                     read_up_to, named = self._read_events(session, events, watch, read_up_to,
                                                           rang)
