@@ -324,7 +324,7 @@ class VCenterFeed:
             watch.settle(inventory, vms)
             page = collector.ContinueRetrievePropertiesEx(page.token) if page.token else None
         for moid, key in inventory.listed():
-            self._changed_vm(key, moid, "leave", {})
+            self._tell(key, moid, "leave", {})
         self.listings += 1
 
     def _read_events(self, session: VSphere, events: Any, watch: _Watch, read_up_to: int,
